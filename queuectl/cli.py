@@ -1,0 +1,371 @@
+"""The command line: each command parses, calls one QueueManager method, and formats."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .core.errors import EXIT_RUNTIME, EXIT_USAGE, QueuectlError
+from .core.job import JobState
+from .core.utils.config import DEFAULT_STORAGE_PATH, STORAGE_ENV, Config
+
+# Columns are cut to these widths so a table stays readable in a terminal.
+COMMAND_WIDTH = 50
+ERROR_WIDTH = 60
+STATUS_ROWS = (("Pending", JobState.PENDING), ("Processing", JobState.PROCESSING),
+               ("Completed", JobState.COMPLETED), ("Failed", JobState.FAILED),
+               ("Dead (DLQ)", JobState.DEAD))
+STATES = [s.value for s in JobState]
+
+
+class QueuectlGroup(click.Group):
+    """Turns every error into one line on stderr with the right exit code, never a traceback."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        try:
+            code = super().main(args=args, prog_name=prog_name or "queuectl", standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as e:
+            hint = f" Try '{e.ctx.command_path} --help'." if e.ctx is not None else ""
+            _fail(f"{e.format_message()}{hint}", EXIT_USAGE)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted", EXIT_RUNTIME)
+        except QueuectlError as e:
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except OSError as e:
+            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), EXIT_RUNTIME)
+        except Exception as e:  # the promise is no traceback, even for our own bugs
+            if os.environ.get("QUEUECTL_DEBUG"):
+                raise
+            _fail(f"internal error: {type(e).__name__}: {e}", EXIT_RUNTIME)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    message = " ".join(str(message).split())  # one line, whatever the cause
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+class App:
+    """What the group callback hands to each command: the store, opened only when used."""
+
+    def __init__(self, storage_path: str):
+        self.storage_path = storage_path
+        self._manager: Any = None
+
+    @property
+    def manager(self) -> Any:
+        if self._manager is None:
+            from .core.queue import QueueManager
+            from .core.storage import get_storage
+            self._manager = QueueManager(get_storage(self.storage_path), self.storage_path)
+        return self._manager
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.storage.close()
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(cls=QueuectlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--storage-path", envvar=STORAGE_ENV, default=DEFAULT_STORAGE_PATH, show_default=True,
+              metavar="PATH", help=f"Data directory (also ${STORAGE_ENV}).")
+@click.version_option(__version__, prog_name="queuectl")
+@click.pass_context
+def cli(ctx: click.Context, storage_path: str) -> None:
+    """queuectl: a background job queue for shell commands.
+
+    \b
+    Examples:
+      queuectl enqueue "echo 'Hello World'"
+      queuectl start --count 2 --timeout 10
+      queuectl status
+      queuectl dlq list
+    """
+    if not storage_path.strip():
+        raise click.BadParameter("must not be empty", param_hint="--storage-path")
+    app = App(storage_path)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+@cli.command()
+@click.argument("command")
+@click.option("--max-retries", type=click.IntRange(0, 1000), metavar="N",
+              help="Retries after the first attempt (default: config max_retries).")
+@pass_app
+def enqueue(app: App, command: str, max_retries: int | None) -> None:
+    """Add a job: a shell COMMAND, or a JSON job spec.
+
+    \b
+    Examples:
+      queuectl enqueue "echo 'Hello World'"
+      queuectl enqueue "curl -fsS https://example.com" --max-retries 5
+      queuectl enqueue '{"id":"job1","command":"sleep 2","max_retries":3}'
+    """
+    job = app.manager.enqueue(command, max_retries)
+    click.echo(f"Job enqueued successfully!\n   ID: {job.id}\n   Command: {job.command}")
+
+
+def _start(app: App, count: int | None, timeout: float | None) -> None:
+    from .core.worker import WorkerPool, setup_logging
+    manager = app.manager
+    count = count or manager.config.worker_count
+    setup_logging(manager.config.log_level)
+    pool = WorkerPool(manager, count, timeout)
+    pool.install_signal_handlers()
+    if timeout:
+        click.echo(f"Started {count} worker(s) for {_num(timeout)} seconds")
+        click.echo("Workers will auto-stop... (Ctrl+C to stop sooner)")
+    else:
+        click.echo(f"Started {count} worker(s). Press Ctrl+C or run 'queuectl stop' to stop.")
+    sys.stdout.flush()
+    pool.run()
+
+
+def _stop(app: App) -> None:
+    running = app.manager.request_stop()
+    if not running:
+        click.echo("No worker manager running")
+        return
+    click.echo("Stopping all workers...")
+    for m in running:
+        click.echo(f"   Manager pid {m.pid}: {m.workers} worker(s) finish their current job and exit")
+
+
+COUNT = click.option("--count", type=click.IntRange(1, 128), metavar="N",
+                     help="Worker processes (default: config worker_count).")
+RUN_FOR = click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+                       help="Stop after this many seconds, letting running jobs finish.")
+
+
+@cli.command()
+@COUNT
+@RUN_FOR
+@pass_app
+def start(app: App, count: int | None, timeout: float | None) -> None:
+    """Run workers in the foreground until Ctrl+C, SIGTERM or `queuectl stop`.
+
+    \b
+    Examples:
+      queuectl start --count 2             # until stopped
+      queuectl start --count 2 --timeout 10
+    """
+    _start(app, count, timeout)
+
+
+@cli.command()
+@pass_app
+def stop(app: App) -> None:
+    """Ask every running `start` to finish its current jobs and exit.
+
+    \b
+    Example:
+      queuectl stop
+    """
+    _stop(app)
+
+
+@cli.group()
+def worker() -> None:
+    """Worker commands (the same as `start` and `stop`)."""
+
+
+@worker.command("start")
+@COUNT
+@RUN_FOR
+@pass_app
+def worker_start(app: App, count: int | None, timeout: float | None) -> None:
+    """Same as `queuectl start`.
+
+    \b
+    Example:
+      queuectl worker start --count 3
+    """
+    _start(app, count, timeout)
+
+
+@worker.command("stop")
+@pass_app
+def worker_stop(app: App) -> None:
+    """Same as `queuectl stop`.
+
+    \b
+    Example:
+      queuectl worker stop
+    """
+    _stop(app)
+
+
+@cli.command()
+@pass_app
+def status(app: App) -> None:
+    """Show job counts by state and the running worker managers.
+
+    \b
+    Example:
+      queuectl status
+    """
+    counts = app.manager.counts()
+    managers = app.manager.managers()
+    lines = ["QueueCTL System Status", "=" * 40]
+    lines += [f"{label:<12}{counts[state]}" for label, state in STATUS_ROWS]
+    lines += [f"{'Total':<12}{sum(counts.values())}", "=" * 40]
+    if not managers:
+        lines.append("No worker manager running")
+    for m in managers:
+        lines.append(f"Manager pid {m.pid}: {m.workers} worker(s), up {_uptime(m.started_at)}")
+    click.echo("\n".join(lines))
+
+
+@cli.command("list")
+@click.option("--state", type=click.Choice(STATES, case_sensitive=False), help="Only jobs in this state.")
+@pass_app
+def list_jobs(app: App, state: str | None) -> None:
+    """List jobs, oldest first.
+
+    \b
+    Examples:
+      queuectl list
+      queuectl list --state pending
+    """
+    from tabulate import tabulate
+    jobs = app.manager.list_jobs(JobState(state.lower()) if state else None)
+    if not jobs:
+        click.echo(f"No {state.lower() + ' ' if state else ''}jobs found")
+        return
+    rows = [[j.id[:8], _cut(j.command, COMMAND_WIDTH), j.state.value, j.attempts, j.max_retries]
+            for j in jobs]
+    click.echo(tabulate(rows, headers=["ID", "Command", "State", "Attempts", "Max Retries"]))
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect and retry jobs in the dead letter queue."""
+
+
+@dlq.command("list")
+@pass_app
+def dlq_list(app: App) -> None:
+    """List dead jobs with their last error.
+
+    \b
+    Example:
+      queuectl dlq list
+    """
+    from tabulate import tabulate
+    jobs = app.manager.list_jobs(JobState.DEAD)
+    if not jobs:
+        click.echo("DLQ is empty")
+        return
+    rows = [[j.id, _cut(j.command, COMMAND_WIDTH), j.attempts, _cut(j.last_error or "", ERROR_WIDTH)]
+            for j in jobs]
+    click.echo(tabulate(rows, headers=["ID", "Command", "Attempts", "Last Error"]))
+
+
+@dlq.command("retry")
+@click.argument("job_id")
+@pass_app
+def dlq_retry(app: App, job_id: str) -> None:
+    """Move a dead job back to pending with its attempts reset (ID or unique prefix).
+
+    \b
+    Example:
+      queuectl dlq retry 08232c92
+    """
+    job = app.manager.retry_dead(job_id)
+    click.echo(f"Job {job.id} moved from DLQ to pending queue")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--key", help="Setting to change (with --value).")
+@click.option("--value", help="New value for --key.")
+@click.pass_context
+def config(ctx: click.Context, key: str | None, value: str | None) -> None:
+    """Show or change settings (stored in the data directory).
+
+    \b
+    Examples:
+      queuectl config
+      queuectl config --key max_retries --value 5
+      queuectl config set backoff-base 3
+      queuectl config get max_retries
+    """
+    if ctx.invoked_subcommand is not None:
+        if key is not None or value is not None:
+            raise click.UsageError("--key/--value cannot be combined with a subcommand")
+        return
+    app: App = ctx.obj
+    if key is None and value is None:
+        for k, v in app.manager.config.items():
+            click.echo(f"{k} = {Config.format(v)}")
+        return
+    if key is None or value is None:
+        raise click.UsageError("--key and --value go together")
+    _set(app, key, value)
+
+
+def _set(app: App, key: str, value: str) -> None:
+    key, typed = app.manager.set_config(key, value)
+    click.echo(f"Set {key} = {Config.format(typed)}")
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@pass_app
+def config_set(app: App, key: str, value: str) -> None:
+    """Change one setting (dashes or underscores).
+
+    \b
+    Example:
+      queuectl config set max-retries 5
+    """
+    _set(app, key, value)
+
+
+@config.command("get")
+@click.argument("key")
+@pass_app
+def config_get(app: App, key: str) -> None:
+    """Print one setting's value.
+
+    \b
+    Example:
+      queuectl config get max_retries
+    """
+    from .core.utils.config import normalize_key
+    click.echo(Config.format(getattr(app.manager.config, normalize_key(key))))
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split()) if "\n" in text else text
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _uptime(started: float) -> str:
+    import time
+    secs = int(max(0, time.time() - started))
+    h, rem = divmod(secs, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
+
+
+def main() -> None:
+    cli.main()

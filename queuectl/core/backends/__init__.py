@@ -1,0 +1,1 @@
+"""Storage backends: memory (tests), JSON files (the default), Redis (optional extra)."""

@@ -1,0 +1,613 @@
+"""Jobs as one JSON file each, a folder per state, state changes by atomic rename.
+
+Layout of the data directory (0700; every file 0600)::
+
+    config.json                 settings (only those set by the user)
+    counts.json                 per-state counts, kept so `status` opens one file, not a million
+    ids/<id>                    an empty marker per job: O_EXCL creation makes ids unique
+    pending/<prio>_<due_ms>_<seq>_<id>.json   waiting jobs; the name alone orders them
+    failed/<prio>_<due_ms>_<seq>_<id>.json    jobs waiting for a retry
+    processing/<owner>__<id>.json             jobs taken by a live owner
+    completed/<id>.json  dead/<id>.json
+    owners/<owner>.lock         held (flock) by each worker or CLI process that moves jobs
+    managers/<id>.json + .lock  running `start` processes
+    logs/<id>.<attempt>.out|err what each attempt printed (empty ones are removed)
+    quarantine/                 unreadable files, set aside rather than deleted
+    tmp/                        temp files before their rename
+    stop                        time of the latest `queuectl stop`
+
+A job changes state in two steps: its new content is written in place (unique temp file, fsync,
+os.replace), then the file is renamed into its new folder. A rename is the commit point and only
+one process can win it. A job file in processing/ whose owner lock is free has lost its owner;
+`recover` finishes the move its content asks for, or hands the interrupted attempt to the
+queue's rules. Claiming reads only file names, so its cost does not grow with history.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from filelock import FileLock
+
+from ..errors import ConflictError, DuplicateJobError, StorageError
+from ..job import Job, JobState
+from ..storage import ManagerInfo, Storage, new_owner_id
+from ..utils import fs
+from ..utils.proc import kill_group
+
+log = logging.getLogger(__name__)
+
+RUNNABLE = (JobState.PENDING, JobState.FAILED)
+STATE_DIRS = {s: s.value for s in JobState}
+# A worker re-reads the runnable folders at most this often while it still has candidates, so a
+# newly enqueued job of higher priority overtakes older ones within this delay.
+CANDIDATE_TTL = 0.05
+# Grace between TERM and KILL when the command of a dead worker is ended.
+ORPHAN_KILL_GRACE = 1.0
+# A temp file this old belongs to a writer that died; younger ones may still be renamed.
+TEMP_MAX_AGE = 60.0
+
+
+class JsonStorage(Storage):
+    def __init__(self, path: str):
+        self.root = os.path.abspath(path)
+        self.display = path
+        self._ready = False
+        self._owners: dict[str, fs.HeldLock] = {}
+        self._managers: dict[str, fs.HeldLock] = {}
+        self._cli_owner: str | None = None
+        self._candidates: list[tuple[tuple[int, int, str], JobState, str, str, float]] = []
+        self._candidates_at = 0.0
+        self._counts_lock: FileLock | None = None
+        self._warned: set[str] = set()
+
+    # -- paths ---------------------------------------------------------------------------
+    def _p(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @staticmethod
+    def _runnable_name(job: Job) -> str:
+        return f"{job.priority}_{int(job.due_at * 1000)}_{job.seq}_{job.id}.json"
+
+    def _path(self, job: Job) -> str:
+        if job.state is JobState.PROCESSING:
+            return self._p("processing", f"{job.worker_id}__{job.id}.json")
+        if job.state in RUNNABLE:
+            return self._p(job.state.value, self._runnable_name(job))
+        return self._p(job.state.value, f"{job.id}.json")
+
+    # -- store ---------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.isdir(self._p("pending"))
+
+    def _ensure(self) -> None:
+        """Creates the layout on first write and refuses a directory others could tamper with."""
+        if self._ready:
+            return
+        try:
+            fs.make_private_dir(self.root)
+            check_private(self.root)
+            for sub in (*STATE_DIRS.values(), "ids", "owners", "managers", "quarantine", "tmp", "logs"):
+                path = self._p(sub)
+                if not os.path.isdir(path):
+                    fs.make_private_dir(path)
+        except StorageError:
+            raise
+        except OSError as e:
+            raise StorageError(f"cannot use storage path '{self.display}': {_reason(e)}") from e
+        self._ready = True
+
+    def close(self) -> None:
+        for lock in list(self._owners.values()) + list(self._managers.values()):
+            lock.release()
+        self._owners.clear()
+        self._managers.clear()
+        self._cli_owner = None
+
+    # -- settings ------------------------------------------------------------------------
+    def load_config(self) -> dict[str, Any]:
+        path = self._p("config.json")
+        try:
+            data = json.loads(fs.read_file(path))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            self._quarantine(path, f"unreadable config ({e}); using defaults")
+            return {}
+        if not isinstance(data, dict):
+            self._quarantine(path, "config is not a JSON object; using defaults")
+            return {}
+        return data
+
+    def save_config(self, values: dict[str, Any]) -> None:
+        self._ensure()
+        with self._lock("config"):
+            self._write(self._p("config.json"), json.dumps(values, indent=2).encode())
+
+    # -- jobs ----------------------------------------------------------------------------
+    def add(self, job: Job) -> None:
+        self._ensure()
+        marker = self._p("ids", job.id)
+        self._mark_id(marker, job.id)
+        try:
+            fs.write_new(self._path(job), job.to_json(), self._p("tmp"))
+        except BaseException:
+            _unlink(marker)
+            raise
+        self._count({job.state: 1})
+
+    def add_many(self, jobs: Any) -> None:
+        """Writes every job first and makes them durable with one sync, not one fsync per job."""
+        self._ensure()
+        added: list[tuple[str, str]] = []
+        try:
+            for job in jobs:
+                marker = self._p("ids", job.id)
+                self._mark_id(marker, job.id)
+                added.append((marker, self._path(job)))
+                fs.write_new(added[-1][1], job.to_json(), self._p("tmp"), durable=False)
+        except BaseException:
+            for marker, path in added:
+                _unlink(path)
+                _unlink(marker)
+            raise
+        sync_all()
+        self._count({JobState.PENDING: len(added)})
+
+    def _mark_id(self, marker: str, job_id: str) -> None:
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fs.FILE_MODE)
+            os.close(fd)
+        except FileExistsError:
+            if self.get(job_id) is not None:
+                raise DuplicateJobError(f"a job with id '{job_id}' already exists") from None
+            # a marker left by an enqueue that died before its job file landed: reuse it
+        except OSError as e:
+            raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
+
+    def get(self, job_id: str) -> Job | None:
+        if not self.exists():
+            return None
+        for _attempt in range(2):  # a job may move between folders while we look
+            for state in (JobState.COMPLETED, JobState.DEAD):
+                job = self._read(self._p(state.value, f"{job_id}.json"), state, missing_ok=True)
+                if job is not None:
+                    return job
+            for state in (JobState.PROCESSING, JobState.PENDING, JobState.FAILED):
+                for name in self._names(state.value):
+                    if _id_of(name, state) == job_id:
+                        job = self._read(self._p(state.value, name), state, missing_ok=True)
+                        if job is not None:
+                            return job
+            if not os.path.exists(self._p("ids", job_id)):
+                return None
+        return None
+
+    def match_ids(self, prefix: str) -> list[str]:
+        return sorted(n for n in self._names("ids") if n.startswith(prefix))
+
+    def jobs(self, state: JobState | None = None) -> Iterator[Job]:
+        if not self.exists():
+            return iter(())
+        found: list[Job] = []
+        for st in (state,) if state else tuple(JobState):
+            for name in self._names(st.value):
+                job = self._read(self._p(st.value, name), st, missing_ok=True)
+                if job is not None:
+                    found.append(job)
+        found.sort(key=lambda j: (j.seq, j.id))
+        return iter(found)
+
+    def counts(self) -> dict[JobState, int]:
+        counts = {s: 0 for s in JobState}
+        try:
+            data = json.loads(fs.read_file(self._p("counts.json")))
+            for s in JobState:
+                counts[s] = max(0, int(data.get(s.value, 0)))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError):
+            return self._scan_counts()
+        return counts
+
+    def _scan_counts(self) -> dict[JobState, int]:
+        return {s: sum(1 for n in self._names(s.value) if n.endswith(".json")) for s in JobState}
+
+    def recount(self) -> dict[JobState, int]:
+        """Rebuilds counts.json from the folders (after a crash may have left it behind)."""
+        self._ensure()
+        with self._lock("counts"):
+            counts = self._scan_counts()
+            self._write(self._p("counts.json"), _counts_json(counts), durable=False)
+        return counts
+
+    def _count(self, delta: dict[JobState, int]) -> None:
+        """Applies a change to the kept counts; they are a cache that `recount` can rebuild."""
+        delta = {s: n for s, n in delta.items() if n}
+        if not delta:
+            return
+        with self._lock("counts"):
+            counts = {s: 0 for s in JobState}
+            try:
+                data = json.loads(fs.read_file(self._p("counts.json")))
+                counts.update({s: int(data.get(s.value, 0)) for s in JobState})
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, TypeError, AttributeError):
+                counts = self._scan_counts()
+                delta = {}
+            for s, n in delta.items():
+                counts[s] = max(0, counts[s] + n)
+            self._write(self._p("counts.json"), _counts_json(counts), durable=False)
+
+    # -- claim and update ------------------------------------------------------------------
+    def claim(self, owner: str, now: float) -> Job | None:
+        if not self.exists():
+            return None
+        for refreshed in (False, True):
+            if refreshed or not self._candidates or time.monotonic() - self._candidates_at > CANDIDATE_TTL:
+                self._load_candidates()
+            while self._candidates:
+                _key, state, name, job_id, due = self._candidates.pop(0)
+                if due > now:
+                    continue
+                src = self._p(state.value, name)
+                dst = self._p("processing", f"{owner}__{job_id}.json")
+                try:
+                    os.rename(src, dst)
+                except FileNotFoundError:
+                    continue  # another worker won this one
+                job = self._read(dst, JobState.PROCESSING)
+                self._count({state: -1, JobState.PROCESSING: 1})
+                if job is None:
+                    continue  # unreadable: quarantined and uncounted
+                job.worker_id = owner
+                return job
+            if refreshed:
+                return None
+        return None
+
+    def _load_candidates(self) -> None:
+        now = time.time()
+        found = []
+        for state in RUNNABLE:
+            for name in self._names(state.value):
+                parsed = _parse_runnable(name)
+                if parsed is None:
+                    if not name.startswith("."):
+                        self._quarantine(self._p(state.value, name), "unexpected file name")
+                    continue
+                prio, due_ms, seq, job_id = parsed
+                if due_ms / 1000 > now + 1:
+                    continue
+                found.append(((-prio, seq, job_id), state, name, job_id, due_ms / 1000))
+        found.sort(key=lambda c: c[0])
+        self._candidates = found
+        self._candidates_at = time.monotonic()
+
+    def update(self, old: Job, new: Job) -> None:
+        if old.id != new.id:
+            raise ValueError("update cannot change a job's id")
+        self._ensure()
+        if old.state is JobState.PROCESSING:
+            src = self._path(old)
+            if not os.path.exists(src):
+                raise ConflictError(f"job {old.id} is no longer processing")
+        else:
+            src = self._grab(old)
+        final = new.state is not JobState.PROCESSING
+        try:
+            self._write(src, new.to_json(), durable=final, sync_dir=False)
+        except OSError as e:
+            raise StorageError(f"cannot write job {new.id}: {_reason(e)}") from e
+        dst = self._path(new)
+        if dst != src:
+            os.rename(src, dst)
+            if final:
+                fs.fsync_dir(os.path.dirname(dst))
+        self._count({old.state: -1, new.state: 1} if old.state is not new.state else {})
+
+    def _grab(self, job: Job) -> str:
+        """Takes a job that no worker holds into processing/ under this process's own owner."""
+        owner = self._own_cli_owner()
+        dst = self._p("processing", f"{owner}__{job.id}.json")
+        try:
+            os.rename(self._path(job), dst)
+        except FileNotFoundError:
+            raise ConflictError(f"job {job.id} changed while we worked on it") from None
+        return dst
+
+    def _own_cli_owner(self) -> str:
+        if self._cli_owner is None:
+            owner = new_owner_id("cli")
+            self.register_owner(owner)
+            self._cli_owner = owner
+        return self._cli_owner
+
+    # -- recovery ------------------------------------------------------------------------
+    def recover(self, decide: Callable[[Job], Job]) -> list[Job]:
+        if not self.exists():
+            return []
+        by_owner: dict[str, list[str]] = {}
+        for name in self._names("processing"):
+            owner, sep, _rest = name.partition("__")
+            if sep and name.endswith(".json"):
+                by_owner.setdefault(owner, []).append(name)
+        results: list[Job] = []
+        for owner, names in by_owner.items():
+            if owner in self._owners:
+                continue
+            lock = fs.take_stale_lock(self._p("owners", f"{owner}.lock"))
+            if lock is None:
+                if os.path.exists(self._p("owners", f"{owner}.lock")):
+                    continue  # alive
+                lock = fs.HeldLock(self._p("owners", f"{owner}.lock"))  # owner died unregistered
+            try:
+                self._end_orphan_command(owner, fs.read_note(lock))
+                for name in names:
+                    job = self._recover_one(name, decide)
+                    if job is not None:
+                        results.append(job)
+            finally:
+                lock.release(remove=True)
+        self._sweep_owner_locks()
+        return results
+
+    def _end_orphan_command(self, owner: str, note: str) -> None:
+        try:
+            pgid = int(note.split()[0]) if note else 0
+        except ValueError:
+            pgid = 0
+        if pgid > 0:
+            log.warning("Ending process group %s left running by dead worker %s", pgid, owner)
+            kill_group(pgid, ORPHAN_KILL_GRACE)
+
+    def _recover_one(self, name: str, decide: Callable[[Job], Job]) -> Job | None:
+        path = self._p("processing", name)
+        owner = name.partition("__")[0]
+        try:
+            raw = fs.read_file(path)
+        except FileNotFoundError:
+            return None
+        try:
+            job = Job.from_json(raw)
+        except (ValueError, TypeError) as e:
+            self._quarantine(path, f"unreadable job file ({e})")
+            self._count({JobState.PROCESSING: -1})
+            return None
+        written_state = job.state
+        job.state, job.worker_id = JobState.PROCESSING, owner
+        if written_state is JobState.PROCESSING:
+            new = decide(job)  # the attempt was cut short: the queue's rules say what follows
+        else:
+            new = job.evolve(state=written_state)  # the move was written but not renamed
+            if written_state in RUNNABLE:
+                new.worker_id = None
+        self.update(job, new)
+        return new
+
+    def _sweep_owner_locks(self) -> None:
+        """Removes lock files of owners that died holding no job (killed CLI calls)."""
+        for name in self._names("owners"):
+            if not name.endswith(".lock") or name[:-5] in self._owners:
+                continue
+            lock = fs.take_stale_lock(self._p("owners", name))
+            if lock is not None:
+                lock.release(remove=True)
+
+    def output_paths(self, job_id: str, attempt: int) -> tuple[str, str]:
+        base = self._p("logs", f"{job_id}.{attempt}")
+        return base + ".out", base + ".err"
+
+    def maintain(self) -> None:
+        self._ensure()
+        self.sweep_managers()
+        self._sweep_owner_locks()
+        self._sweep_temp_files()
+        self.recount()
+
+    def _sweep_temp_files(self) -> None:
+        """Removes temp files that a killed process left before its rename (older than a minute)."""
+        cutoff = time.time() - TEMP_MAX_AGE
+        for sub in (*STATE_DIRS.values(), "tmp", "managers", ""):
+            folder = self._p(sub) if sub else self.root
+            try:
+                with os.scandir(folder) as it:
+                    stale = [e.path for e in it if e.name.endswith(".tmp") and e.name.startswith(".")
+                             and e.stat().st_mtime < cutoff]
+            except OSError:
+                continue
+            for path in stale:
+                _unlink(path)
+
+    # -- owners and managers ---------------------------------------------------------------
+    def register_owner(self, owner: str) -> None:
+        self._ensure()
+        try:
+            self._owners[owner] = fs.HeldLock(self._p("owners", f"{owner}.lock"))
+        except OSError as e:
+            raise StorageError(f"cannot register {owner}: {_reason(e)}") from e
+
+    def unregister_owner(self, owner: str) -> None:
+        lock = self._owners.pop(owner, None)
+        if lock is not None:
+            lock.release()
+
+    def note_running(self, owner: str, pgid: int | None) -> None:
+        lock = self._owners.get(owner)
+        if lock is not None:
+            lock.note(str(pgid or 0))
+
+    def register_manager(self, info: ManagerInfo) -> None:
+        self._ensure()
+        self._managers[info.id] = fs.HeldLock(self._p("managers", f"{info.id}.lock"))
+        data = {"id": info.id, "pid": info.pid, "workers": info.workers,
+                "started_at": info.started_at, "host": info.host, "storage": info.storage,
+                "extra": info.extra}
+        self._write(self._p("managers", f"{info.id}.json"), json.dumps(data).encode())
+
+    def unregister_manager(self, manager_id: str) -> None:
+        _unlink(self._p("managers", f"{manager_id}.json"))
+        lock = self._managers.pop(manager_id, None)
+        if lock is not None:
+            lock.release()
+
+    def managers(self) -> list[ManagerInfo]:
+        found = []
+        for name in self._names("managers"):
+            if not name.endswith(".json"):
+                continue
+            mid = name[:-5]
+            held, _ = fs.probe_lock(self._p("managers", f"{mid}.lock"))
+            if not held and mid not in self._managers:
+                continue  # its process is gone; `start` clears the file later
+            try:
+                data = json.loads(fs.read_file(self._p("managers", name)))
+                found.append(ManagerInfo(**data))
+            except (OSError, ValueError, TypeError):
+                continue
+        return sorted(found, key=lambda m: m.started_at)
+
+    def sweep_managers(self) -> None:
+        """Deletes the records of managers that died without unregistering."""
+        for name in self._names("managers"):
+            if name.endswith(".lock"):
+                lock = fs.take_stale_lock(self._p("managers", name))
+                if lock is not None:
+                    _unlink(self._p("managers", name[:-5] + ".json"))
+                    lock.release(remove=True)
+            elif name.endswith(".json") and not os.path.exists(self._p("managers", name[:-5] + ".lock")):
+                _unlink(self._p("managers", name))
+
+    def request_stop(self) -> None:
+        self._ensure()
+        self._write(self._p("stop"), json.dumps({"at": time.time()}).encode())
+
+    def stop_requested(self, since: float) -> bool:
+        try:
+            data = json.loads(fs.read_file(self._p("stop")))
+            return float(data["at"]) >= since
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    # -- helpers -------------------------------------------------------------------------
+    def _names(self, sub: str) -> list[str]:
+        try:
+            with os.scandir(self._p(sub)) as it:
+                return [e.name for e in it if not e.name.startswith(".")]
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise StorageError(f"cannot read '{self.display}': {_reason(e)}") from e
+
+    def _read(self, path: str, state: JobState, missing_ok: bool = False) -> Job | None:
+        try:
+            raw = fs.read_file(path)
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise ConflictError(f"{os.path.basename(path)} vanished") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {path}: {_reason(e)}") from e
+        try:
+            job = Job.from_json(raw)
+        except (ValueError, TypeError) as e:
+            self._quarantine(path, f"unreadable job file ({e})")
+            return None
+        job.state = state  # the folder, not the content, is the truth
+        return job
+
+    def _write(self, path: str, data: bytes, durable: bool = True, sync_dir: bool = True) -> None:
+        try:
+            fs.write_file(path, data, durable=durable, sync_dir=sync_dir)
+        except OSError as e:
+            raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
+
+    def _lock(self, name: str) -> FileLock:
+        if name == "counts" and self._counts_lock is not None:
+            return self._counts_lock
+        lock = FileLock(self._p(f".{name}.lock"), mode=fs.FILE_MODE, thread_local=False)
+        if name == "counts":
+            self._counts_lock = lock
+        return lock
+
+    def _quarantine(self, path: str, why: str) -> None:
+        """Moves an unreadable file aside, once, and says so in the log."""
+        if path in self._warned:
+            return
+        self._warned.add(path)
+        dest = self._p("quarantine", f"{int(time.time())}_{os.path.basename(path)}")
+        try:
+            fs.make_private_dir(self._p("quarantine"))
+            os.replace(path, dest)
+            log.warning("Set aside %s: %s (moved to %s)", path, why, dest)
+        except OSError:
+            log.warning("Cannot read %s: %s", path, why)
+
+
+def check_private(path: str) -> None:
+    """Refuses a data directory that another user owns or anyone may write to."""
+    st = os.stat(path)
+    if os.name == "posix":
+        if st.st_uid != os.geteuid():
+            raise StorageError(f"storage path '{path}' belongs to another user (uid {st.st_uid})")
+        if st.st_mode & 0o022:
+            raise StorageError(
+                f"storage path '{path}' is writable by others (mode {st.st_mode & 0o777:o}); "
+                f"run: chmod 700 '{path}'")
+
+
+def sync_all() -> None:
+    """Flushes every file written so far; one call makes a whole batch durable."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def _parse_runnable(name: str) -> tuple[int, int, int, str] | None:
+    if not name.endswith(".json"):
+        return None
+    parts = name[:-5].split("_", 3)
+    if len(parts) != 4:
+        return None
+    try:
+        return int(parts[0]), int(parts[1]), int(parts[2]), parts[3]
+    except ValueError:
+        return None
+
+
+def _id_of(name: str, state: JobState) -> str | None:
+    if not name.endswith(".json"):
+        return None
+    if state in RUNNABLE:
+        parsed = _parse_runnable(name)
+        return parsed[3] if parsed else None
+    if state is JobState.PROCESSING:
+        return name[:-5].partition("__")[2] or None
+    return name[:-5]
+
+
+def _counts_json(counts: dict[JobState, int]) -> bytes:
+    return json.dumps({s.value: n for s, n in counts.items()}).encode()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _reason(e: OSError) -> str:
+    import errno
+    if e.errno == errno.ENOSPC:
+        return "no space left on device"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if e.errno == errno.ENOTDIR:
+        return "not a directory"
+    if e.errno == errno.EROFS:
+        return "read-only file system"
+    return e.strerror or str(e)

@@ -1,0 +1,129 @@
+"""An in-process backend: fast worker tests, and the reference for the storage contract."""
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from ..errors import ConflictError, DuplicateJobError
+from ..job import Job, JobState
+from ..storage import ManagerInfo, Storage
+
+_NAMED: dict[str, MemoryStorage] = {}
+
+
+class MemoryStorage(Storage):
+    def __init__(self) -> None:
+        self.display = "memory://"
+        self._lock = threading.RLock()
+        self._jobs: dict[str, Job] = {}
+        self._config: dict[str, Any] = {}
+        self._owners: set[str] = set()
+        self._managers: dict[str, ManagerInfo] = {}
+        self._stop_at = 0.0
+        self._wake = threading.Condition(self._lock)
+
+    @classmethod
+    def named(cls, name: str) -> MemoryStorage:
+        """One shared instance per name, so several managers in a test see one queue."""
+        if name not in _NAMED:
+            _NAMED[name] = cls()
+            _NAMED[name].display = name
+        return _NAMED[name]
+
+    def exists(self) -> bool:
+        return True
+
+    def load_config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    def save_config(self, values: dict[str, Any]) -> None:
+        self._config = dict(values)
+
+    def add(self, job: Job) -> None:
+        with self._lock:
+            if job.id in self._jobs:
+                raise DuplicateJobError(f"a job with id '{job.id}' already exists")
+            self._jobs[job.id] = copy.deepcopy(job)
+        self.notify_work()
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return copy.deepcopy(job) if job else None
+
+    def match_ids(self, prefix: str) -> list[str]:
+        with self._lock:
+            return sorted(i for i in self._jobs if i.startswith(prefix))
+
+    def jobs(self, state: JobState | None = None) -> Iterator[Job]:
+        with self._lock:
+            found = [copy.deepcopy(j) for j in self._jobs.values() if state in (None, j.state)]
+        return iter(sorted(found, key=lambda j: (j.seq, j.id)))
+
+    def counts(self) -> dict[JobState, int]:
+        counts = {s: 0 for s in JobState}
+        with self._lock:
+            for job in self._jobs.values():
+                counts[job.state] += 1
+        return counts
+
+    def claim(self, owner: str, now: float) -> Job | None:
+        with self._lock:
+            due = [j for j in self._jobs.values() if j.state.runnable and j.due_at <= now]
+            if not due:
+                return None
+            job = min(due, key=lambda j: (-j.priority, j.seq, j.id))
+            job.state, job.worker_id = JobState.PROCESSING, owner
+            return copy.deepcopy(job)
+
+    def update(self, old: Job, new: Job) -> None:
+        with self._lock:
+            current = self._jobs.get(old.id)
+            if current is None or current.state is not old.state or (
+                    old.state is JobState.PROCESSING and current.worker_id != old.worker_id):
+                raise ConflictError(f"job {old.id} changed while we worked on it")
+            self._jobs[old.id] = copy.deepcopy(new)
+        if new.state.runnable:
+            self.notify_work()
+
+    def recover(self, decide: Callable[[Job], Job]) -> list[Job]:
+        with self._lock:
+            orphans = [copy.deepcopy(j) for j in self._jobs.values()
+                       if j.state is JobState.PROCESSING and j.worker_id not in self._owners]
+            results = []
+            for job in orphans:
+                new = decide(job)
+                self.update(job, new)
+                results.append(new)
+            return results
+
+    def register_owner(self, owner: str) -> None:
+        self._owners.add(owner)
+
+    def unregister_owner(self, owner: str) -> None:
+        self._owners.discard(owner)
+
+    def register_manager(self, info: ManagerInfo) -> None:
+        self._managers[info.id] = info
+
+    def unregister_manager(self, manager_id: str) -> None:
+        self._managers.pop(manager_id, None)
+
+    def managers(self) -> list[ManagerInfo]:
+        return sorted(self._managers.values(), key=lambda m: m.started_at)
+
+    def request_stop(self) -> None:
+        self._stop_at = time.time()
+
+    def stop_requested(self, since: float) -> bool:
+        return self._stop_at >= since and self._stop_at > 0
+
+    def wait_for_work(self, owner: str, timeout: float) -> None:
+        with self._wake:
+            self._wake.wait(timeout)
+
+    def notify_work(self) -> None:
+        with self._wake:
+            self._wake.notify_all()

@@ -1,0 +1,177 @@
+"""The storage interface every backend implements, and the factory that picks one.
+
+A backend stores jobs and answers for their atomicity; it knows nothing of retry rules. The
+QueueManager decides what a job becomes; the backend makes that change happen once, whole, or
+not at all. The contract test suite (tests/test_storage_contract.py) runs against every backend.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from .job import Job, JobState
+
+
+@dataclass
+class ManagerInfo:
+    """A running `start` process, as `status` shows it."""
+
+    id: str
+    pid: int
+    workers: int
+    started_at: float
+    host: str = ""
+    storage: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Storage(ABC):
+    """Where jobs, settings and the registry of live processes are kept.
+
+    Owners: every process that changes a job registers an owner id first. A job being processed
+    belongs to one owner; when the owner's process dies, `recover` hands the job back to the
+    queue's rules. Backends decide how liveness is known (an OS lock, a heartbeat lease).
+    """
+
+    #: how the store is named to a user (never carries a secret)
+    display: str
+
+    # -- store ---------------------------------------------------------------------------
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the store has been created; read-only commands on a missing store see it empty."""
+
+    def close(self) -> None:
+        """Releases what this instance holds (owner locks, connections)."""
+
+    # -- settings ------------------------------------------------------------------------
+    @abstractmethod
+    def load_config(self) -> dict[str, Any]:
+        """The stored settings; {} when none are stored."""
+
+    @abstractmethod
+    def save_config(self, values: dict[str, Any]) -> None:
+        """Replaces the stored settings durably."""
+
+    # -- jobs ----------------------------------------------------------------------------
+    @abstractmethod
+    def add(self, job: Job) -> None:
+        """Stores a new pending job durably. DuplicateJobError if its id exists."""
+
+    def add_many(self, jobs: Iterable[Job]) -> None:
+        """Stores many new jobs; durable when it returns. The default adds them one by one."""
+        for job in jobs:
+            self.add(job)
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        """The job with exactly this id, or None."""
+
+    @abstractmethod
+    def match_ids(self, prefix: str) -> list[str]:
+        """Ids that start with `prefix`, sorted; [] when none do."""
+
+    @abstractmethod
+    def jobs(self, state: JobState | None = None) -> Iterator[Job]:
+        """Jobs in `state` (all states if None), oldest enqueue first; empty when none."""
+
+    @abstractmethod
+    def counts(self) -> dict[JobState, int]:
+        """Number of jobs in each state, without reading every job; zeros when empty."""
+
+    @abstractmethod
+    def claim(self, owner: str, now: float) -> Job | None:
+        """Atomically takes the first due runnable job (priority, then FIFO) for `owner`.
+
+        The job comes back in state PROCESSING with worker_id set to `owner`, its other fields as
+        stored; None when nothing is due. No two callers ever get the same job.
+        """
+
+    @abstractmethod
+    def update(self, old: Job, new: Job) -> None:
+        """Replaces `old` (as last read) by `new`, moving it to new.state, as one atomic step.
+
+        ConflictError if the job is no longer as `old` says (another process moved it first).
+        """
+
+    @abstractmethod
+    def recover(self, decide: Callable[[Job], Job]) -> list[Job]:
+        """Hands every job whose owner died to `decide` and stores what it returns.
+
+        Only jobs whose owner is certainly gone are touched. Returns the stored results; [] when
+        there is nothing to recover.
+        """
+
+    def maintain(self) -> None:
+        """Housekeeping when a manager starts: rebuild caches, clear what dead processes left."""
+
+    # -- owners and managers ---------------------------------------------------------------
+    @abstractmethod
+    def register_owner(self, owner: str) -> None:
+        """Marks `owner` alive for as long as this process lives (or until unregister_owner)."""
+
+    @abstractmethod
+    def unregister_owner(self, owner: str) -> None:
+        """Ends `owner`'s registration; a no-op if it is not registered."""
+
+    def note_running(self, owner: str, pgid: int | None) -> None:
+        """Records the process group of `owner`'s running command, so a recovery can end it."""
+
+    @abstractmethod
+    def register_manager(self, info: ManagerInfo) -> None:
+        """Lists a running `start` process until it unregisters or dies."""
+
+    @abstractmethod
+    def unregister_manager(self, manager_id: str) -> None:
+        """Removes a manager from the list; a no-op if it is not listed."""
+
+    @abstractmethod
+    def managers(self) -> list[ManagerInfo]:
+        """The live managers; dead ones are never listed. [] when none run."""
+
+    @abstractmethod
+    def request_stop(self) -> None:
+        """Asks every manager running now to stop; managers started later are not affected."""
+
+    @abstractmethod
+    def stop_requested(self, since: float) -> bool:
+        """Whether a stop was requested at or after `since` (epoch seconds)."""
+
+    # -- output ----------------------------------------------------------------------------
+    def output_paths(self, job_id: str, attempt: int) -> tuple[str, str]:
+        """Files for an attempt's stdout and stderr. Default: a private temp folder."""
+        folder = getattr(self, "_output_dir", None)
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix="queuectl-output-")
+            self._output_dir = folder
+        base = os.path.join(folder, f"{job_id}.{attempt}")
+        return base + ".out", base + ".err"
+
+    # -- wake-ups ------------------------------------------------------------------------
+    def wait_for_work(self, owner: str, timeout: float) -> None:
+        """Blocks up to `timeout` seconds or until new work may be there. Default: sleeps."""
+        time.sleep(timeout)
+
+    def notify_work(self) -> None:
+        """Wakes idle workers after new work arrives. Default: nothing (they poll)."""
+
+
+def new_owner_id(kind: str) -> str:
+    """Unique for all time, so a dead owner's id is never reused by a live one."""
+    host = socket.gethostname().split(".")[0].replace("_", "-")[:20] or "host"
+    return f"{kind}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def get_storage(path: str) -> Storage:
+    """The backend for `path`: `memory://` for tests, else a JSON directory."""
+    if path.startswith("memory://"):
+        from .backends.memory_backend import MemoryStorage
+        return MemoryStorage.named(path)
+    from .backends.json_backend import JsonStorage
+    return JsonStorage(path)

@@ -1,0 +1,142 @@
+"""Configuration: every default in one place, each with the reason for its value.
+
+The configuration lives in the store itself (``config.json`` in the data directory for the JSON
+backend), so every command that uses a store sees the same settings. ``storage_path`` is shown
+but not stored: it names the store, so it is chosen with ``--storage-path`` or
+``QUEUECTL_STORAGE_PATH``, never from inside the store it would point away from.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+
+DEFAULT_STORAGE_PATH = "queuectl_data"
+STORAGE_ENV = "QUEUECTL_STORAGE_PATH"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    kind: type
+    low: float | None
+    high: float | None
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {
+    s.key: s
+    for s in (
+        # Three retries after the first attempt is the common default (Sidekiq retries far more,
+        # but shell jobs that fail four times rarely succeed on the fifth).
+        Setting("max_retries", 3, int, 0, 1000, "retries after the first attempt"),
+        # 2**k seconds after the k-th failure: 2, 4, 8, ... seconds.
+        Setting("backoff_base", 2, float, 1, 1000, "retry delay is backoff_base ** failures seconds"),
+        # One hour: past that a retry is better made by a person than by a timer.
+        Setting("backoff_max", 3600, int, 1, 7 * 86400, "cap on one retry delay, in seconds"),
+        # Thirty seconds keeps a hung command from holding a worker forever; 0 disables it.
+        Setting("job_timeout", 30, int, 0, 30 * 86400, "seconds before a job is killed (0 = none)"),
+        # One worker per `start` unless asked: shell jobs often contend for the same resources.
+        Setting("worker_count", 1, int, 1, 128, "worker processes started by `start`"),
+        Setting("storage_path", DEFAULT_STORAGE_PATH, str, None, None,
+                "data directory (set with --storage-path or QUEUECTL_STORAGE_PATH)"),
+        Setting("log_level", "INFO", str, None, None, "DEBUG, INFO, WARNING or ERROR"),
+        # Idle workers look for due jobs this often when nothing wakes them earlier.
+        Setting("poll_interval", 0.2, float, 0.01, 60, "seconds between looks for work when idle"),
+    )
+}
+
+READ_ONLY = frozenset({"storage_path"})
+
+
+def normalize_key(key: str) -> str:
+    """Accepts `max-retries` as well as `max_retries`; raises ConfigError for unknown keys."""
+    k = key.strip().lower().replace("-", "_")
+    if k not in SETTINGS:
+        raise ConfigError(f"unknown config key '{key}' (known: {', '.join(SETTINGS)})")
+    return k
+
+
+def _number(text: str, kind: type) -> float:
+    try:
+        value = float(text) if kind is float else int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"'{text}' is not {'a number' if kind is float else 'a whole number'}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"'{text}' is not a finite number")
+    return value
+
+
+def parse_value(key: str, raw: Any) -> Any:
+    """Turns a user's text (or a stored JSON value) into the setting's type, checking its range."""
+    key = normalize_key(key)
+    s = SETTINGS[key]
+    if s.key == "log_level":
+        value = str(raw).strip().upper()
+        if value not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not '{raw}'")
+        return value
+    if s.kind is str:
+        return str(raw)
+    if isinstance(raw, bool):
+        raise ConfigError(f"{key} must be a number, not {raw!r}")
+    value = _number(str(raw).strip(), s.kind) if isinstance(raw, str) else raw
+    if s.kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{key} must be a whole number, not {raw!r}")
+        value = int(value)
+    if not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, not {raw!r}")
+    if (s.low is not None and value < s.low) or (s.high is not None and value > s.high):
+        raise ConfigError(f"{key} must be between {_fmt(s.low)} and {_fmt(s.high)}, not {raw}")
+    if s.kind is float and float(value).is_integer():
+        value = int(value)
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class Config:
+    """The effective settings: defaults overlaid with what the store holds."""
+
+    def __init__(self, stored: dict[str, Any] | None = None, storage_path: str = DEFAULT_STORAGE_PATH):
+        self.values: dict[str, Any] = {k: s.default for k, s in SETTINGS.items()}
+        for key, raw in (stored or {}).items():
+            if key in SETTINGS and key not in READ_ONLY:
+                self.values[key] = parse_value(key, raw)
+        self.values["storage_path"] = storage_path
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["values"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self.values.items())
+
+    def stored(self) -> dict[str, Any]:
+        """What is worth writing: the values that differ from the defaults, minus read-only keys."""
+        return {k: v for k, v in self.values.items() if k not in READ_ONLY}
+
+    @staticmethod
+    def format(value: Any) -> str:
+        return _fmt(value)
+
+
+def validate_assignment(key: str, raw: Any) -> tuple[str, Any]:
+    """Checks a `config set`; returns the canonical key and the typed value."""
+    key = normalize_key(key)
+    if key in READ_ONLY:
+        raise ConfigError(f"{key} is not stored in the config; use --storage-path or {STORAGE_ENV}")
+    return key, parse_value(key, raw)
+
+

@@ -1,0 +1,214 @@
+"""Small file-system primitives: atomic writes and OS locks, with the POSIX parts kept here.
+
+Everything that differs between POSIX and Windows sits behind a function in this module, with a
+fallback that is correct if less efficient.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from typing import IO
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+    import msvcrt
+
+
+def fsync_dir(path: str) -> None:
+    """Makes a rename or unlink in `path` durable; a no-op where directories cannot be opened."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: str, data: bytes, durable: bool = True, sync_dir: bool = True) -> None:
+    """Atomically replaces `path` with `data`: unique temp file, fsync, os.replace, fsync dir.
+
+    With durable=False the replacement is still atomic (never a partial file) but may be lost
+    to a power cut; with sync_dir=False the caller makes the directory durable itself.
+    """
+    folder = os.path.dirname(path)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
+    try:
+        try:
+            _write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if durable and sync_dir:
+        fsync_dir(folder)
+
+
+def write_new(path: str, data: bytes, tmp_dir: str, durable: bool = True) -> None:
+    """Writes a file that must not exist yet, atomically; FileExistsError if it does."""
+    tmp = os.path.join(tmp_dir, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
+    try:
+        try:
+            _write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        link_or_rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(path))
+
+
+def link_or_rename(src: str, dst: str) -> None:
+    """Moves src to dst only if dst does not exist (FileExistsError otherwise)."""
+    if hasattr(os, "link") and os.name == "posix":
+        os.link(src, dst)  # fails with EEXIST instead of silently replacing
+        os.unlink(src)
+    else:
+        os.rename(src, dst)  # Windows: rename refuses an existing target
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def make_private_dir(path: str) -> None:
+    """Creates `path` (and parents) with mode 0700; leaves an existing one alone."""
+    try:
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", path) from None
+    if not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+
+
+class HeldLock:
+    """An exclusive OS lock held for a process's lifetime; the kernel drops it when we die.
+
+    This is how liveness is told apart from a stale record: whoever can take the lock knows the
+    holder is gone. The file stays open so a small note (the running job's process group) can be
+    written into it for whoever cleans up after a crash.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), FILE_MODE)
+        if not _try_lock(fd, exclusive=True):
+            os.close(fd)
+            raise BlockingIOError(errno.EWOULDBLOCK, "lock is held", path)
+        self.fd: int | None = fd
+
+    def note(self, text: str) -> None:
+        """Records a short note in the lock file (overwriting the previous one)."""
+        if self.fd is None:
+            return
+        data = text.encode().ljust(64)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        _write_all(self.fd, data)
+
+    def release(self, remove: bool = True) -> None:
+        if self.fd is None:
+            return
+        if remove:
+            _unlink_quietly(self.path)
+        os.close(self.fd)
+        self.fd = None
+
+
+def probe_lock(path: str) -> tuple[bool, str]:
+    """(held, note): whether a live process holds the lock at `path`, and its note.
+
+    Writes nothing: the file is opened read-only and never created. A missing file counts as not
+    held.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return False, ""
+    try:
+        note = os.read(fd, 256).decode(errors="replace").strip()
+        held = not _try_lock(fd, exclusive=False)
+        if not held:
+            _unlock(fd)
+        return held, note
+    finally:
+        os.close(fd)
+
+
+def take_stale_lock(path: str) -> HeldLock | None:
+    """Takes the lock at `path` if its holder is gone (None if it is alive or the file is gone)."""
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return None
+    if not _try_lock(fd, exclusive=True):
+        os.close(fd)
+        return None
+    lock = HeldLock.__new__(HeldLock)
+    lock.path, lock.fd = path, fd
+    return lock
+
+
+def read_note(lock: HeldLock) -> str:
+    assert lock.fd is not None
+    os.lseek(lock.fd, 0, os.SEEK_SET)
+    return os.read(lock.fd, 256).decode(errors="replace").strip()
+
+
+if fcntl is not None:
+    def _try_lock(fd: int, exclusive: bool) -> bool:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+else:
+    def _try_lock(fd: int, exclusive: bool) -> bool:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+
+def open_append(path: str) -> IO[bytes]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), FILE_MODE)
+    return os.fdopen(fd, "ab")

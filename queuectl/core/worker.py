@@ -1,0 +1,316 @@
+"""Worker (one process that runs jobs) and WorkerPool (the `start` process that supervises them).
+
+Signals only set flags. The first SIGINT/SIGTERM, `queuectl stop` or the end of
+`start --timeout` asks workers to finish their current job and exit; a second SIGINT/SIGTERM
+makes them end their jobs' process groups and return those jobs to pending.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConflictError, QueuectlError
+from .job import Job
+from .queue import Outcome, QueueManager
+from .storage import ManagerInfo, Storage, get_storage, new_owner_id
+from .utils.proc import describe_exit, kill_group, spawn_shell
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+# TERM, then KILL this many seconds later, for a job that timed out or is force-stopped.
+KILL_GRACE = 2.0
+# The supervisor looks for dead workers, stop requests and orphaned jobs this often.
+SUPERVISE_INTERVAL = 0.1
+RECOVER_INTERVAL = 1.0
+# A worker that dies this soon after it started is restarted only after this delay, so a
+# broken environment does not become a fork loop.
+RESPAWN_BACKOFF = 1.0
+# How much of stderr is read back to find the last line for `last_error`.
+STDERR_TAIL = 4096
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process needs, picklable: each worker opens its own storage."""
+
+    storage_path: str
+    name: str
+    log_level: str = "INFO"
+
+
+class Worker:
+    """Runs jobs one at a time. `run_once` is one claim-execute-record step."""
+
+    def __init__(self, manager: QueueManager, name: str = "worker-1",
+                 stop: Any = None, force: Any = None, owner: str | None = None):
+        self.manager = manager
+        self.storage: Storage = manager.storage
+        self.name = name
+        self.owner = owner or new_owner_id("worker")
+        self.stop_event = stop if stop is not None else threading.Event()
+        self.force_event = force if force is not None else threading.Event()
+        self._registered = False
+
+    def register(self) -> None:
+        if not self._registered:
+            self.storage.register_owner(self.owner)
+            self._registered = True
+
+    def unregister(self) -> None:
+        if self._registered:
+            self.storage.unregister_owner(self.owner)
+            self._registered = False
+
+    def run(self, parent_alive: Any = None) -> None:
+        """Runs jobs until asked to stop (or until the parent process is gone)."""
+        self.register()
+        log.info("Worker %s started", self.name)
+        try:
+            while not self.stop_event.is_set() and not self.force_event.is_set():
+                if parent_alive is not None and not parent_alive():
+                    log.warning("Worker %s: manager is gone; stopping", self.name)
+                    break
+                if not self.run_once():
+                    self.storage.wait_for_work(self.owner, self.manager.config.poll_interval)
+        finally:
+            self.unregister()
+            log.info("Worker %s stopped", self.name)
+
+    def run_once(self) -> bool:
+        """Claims one due job, runs it and records the result; False when nothing was due."""
+        self.register()
+        job = self.manager.claim(self.owner)
+        if job is None:
+            return False
+        log.info("Job %s started on %s (attempt %d of %d): %s", job.id, self.name, job.attempts,
+                 job.max_retries + 1, job.command)
+        outcome = self.execute(job)
+        if outcome is None:
+            self.manager.release(job, "Interrupted by a forced stop")
+            log.warning("Job %s interrupted by a forced stop; back to pending", job.id)
+            return True
+        try:
+            done = self.manager.finish(job, outcome)
+        except ConflictError as e:
+            log.error("Job %s: result not recorded: %s", job.id, e)
+            return True
+        if outcome.ok:
+            log.info("Job %s completed in %.2fs", job.id, outcome.finished - outcome.started)
+        elif done.state.value == "dead":
+            log.warning("Job %s failed (%s); moved to the DLQ after %d attempt(s)", job.id,
+                        outcome.error, done.attempts)
+        else:
+            log.warning("Job %s failed (%s); retry in %.0fs", job.id, outcome.error,
+                        max(0.0, done.due_at - time.time()))
+        return True
+
+    def execute(self, job: Job) -> Outcome | None:
+        """Runs the command; None if a forced stop cut it short."""
+        timeout = job.timeout if job.timeout is not None else self.manager.config.job_timeout
+        out_path, err_path = self.storage.output_paths(job.id, job.attempts)
+        started = time.time()
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                os.chmod(out_path, 0o600)
+                os.chmod(err_path, 0o600)
+                proc = spawn_shell(job.command, out, err)
+        except OSError as e:
+            return Outcome(exit_code=None, error=f"Cannot start command: {e.strerror or e}",
+                           started=started, finished=time.time())
+        self.storage.note_running(self.owner, proc.pid)
+        try:
+            timed_out = self._wait(proc, timeout)
+        finally:
+            self.storage.note_running(self.owner, None)
+        finished = time.time()
+        if timed_out is None:
+            return None
+        if timed_out:
+            error = f"Timed out after {timeout}s"
+        elif proc.returncode == 0:
+            error = None
+        else:
+            error = describe_exit(proc.returncode)
+            line = _last_line(err_path)
+            if line:
+                error = f"{error}: {line}"
+        _remove_if_empty(out_path)
+        _remove_if_empty(err_path)
+        return Outcome(exit_code=proc.returncode, error=error, timed_out=timed_out,
+                       started=started, finished=finished)
+
+    def _wait(self, proc: subprocess.Popen, timeout: float) -> bool | None:
+        """Waits for the command: False when it exited, True on timeout, None on forced stop."""
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+            try:
+                proc.wait(timeout=step)
+                return False
+            except subprocess.TimeoutExpired:
+                pass
+            if self.force_event.is_set():
+                kill_group(proc.pid, KILL_GRACE, proc)
+                proc.wait()
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                kill_group(proc.pid, KILL_GRACE, proc)
+                proc.wait()
+                return True
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - STDERR_TAIL))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def _remove_if_empty(path: str) -> None:
+    try:
+        if os.path.getsize(path) == 0:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT,
+                        stream=sys.stderr, force=True)
+
+
+def _worker_main(settings: WorkerSettings, stop: Any, force: Any) -> None:
+    """Entry point of a worker process; leaves shutdown to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group: the parent decides
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    setup_logging(settings.log_level)
+    storage = get_storage(settings.storage_path)
+    parent = multiprocessing.parent_process()
+    worker = Worker(QueueManager(storage, settings.storage_path), settings.name, stop, force)
+    try:
+        worker.run(parent_alive=(parent.is_alive if parent is not None else None))
+    except QueuectlError as e:
+        log.error("Worker %s: %s", settings.name, e)
+        sys.exit(1)
+    finally:
+        storage.close()
+
+
+class WorkerPool:
+    """The `start` process: spawns workers, restarts dead ones, recovers orphans, stops cleanly."""
+
+    def __init__(self, manager: QueueManager, count: int, duration: float | None = None):
+        self.manager = manager
+        self.storage = manager.storage
+        self.count = count
+        self.duration = duration
+        self.ctx = multiprocessing.get_context("spawn")
+        self.stop_event = self.ctx.Event()
+        self.force_event = self.ctx.Event()
+        self.signals = 0
+        self.procs: dict[int, Any] = {}
+        self.started_at: dict[int, float] = {}
+        self.id = new_owner_id("manager")
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals += 1
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def run(self) -> int:
+        begin = time.time()
+        self.manager.prepare_start()
+        self.storage.register_manager(ManagerInfo(
+            id=self.id, pid=os.getpid(), workers=self.count, started_at=begin,
+            host=socket.gethostname(), storage=self.storage.display))
+        try:
+            for i in range(1, self.count + 1):
+                self._spawn(i)
+            self._supervise(begin)
+        finally:
+            self.stop_event.set()
+            for proc in self.procs.values():
+                proc.join()
+            self.manager.recover()
+            self.storage.unregister_manager(self.id)
+        log.info("All workers stopped")
+        return 0
+
+    def _spawn(self, index: int) -> None:
+        settings = WorkerSettings(self.manager.storage_path, f"worker-{index}",
+                                  self.manager.config.log_level)
+        proc = self.ctx.Process(target=_worker_main, args=(settings, self.stop_event, self.force_event),
+                                name=f"queuectl-worker-{index}", daemon=False)
+        proc.start()
+        self.procs[index] = proc
+        self.started_at[index] = time.monotonic()
+
+    def _supervise(self, begin: float) -> None:
+        last_recover = time.monotonic()
+        respawn_at: dict[int, float] = {}
+        while True:
+            if self.signals >= 2 and not self.force_event.is_set():
+                log.warning("Second signal: ending running jobs and returning them to pending")
+                self.force_event.set()
+            if not self.stop_event.is_set() and self._should_stop(begin):
+                self.stop_event.set()
+            stopping = self.stop_event.is_set()
+            for index, proc in list(self.procs.items()):
+                if proc.is_alive():
+                    continue
+                if stopping:
+                    continue
+                if index not in respawn_at:
+                    log.warning("Worker worker-%d exited unexpectedly (code %s); restarting",
+                                index, proc.exitcode)
+                    young = time.monotonic() - self.started_at[index] < RESPAWN_BACKOFF
+                    respawn_at[index] = time.monotonic() + (RESPAWN_BACKOFF if young else 0)
+                if time.monotonic() >= respawn_at[index]:
+                    del respawn_at[index]
+                    self._spawn(index)
+            if stopping and not any(p.is_alive() for p in self.procs.values()):
+                return
+            if time.monotonic() - last_recover >= RECOVER_INTERVAL:
+                last_recover = time.monotonic()
+                self._recover()
+            time.sleep(SUPERVISE_INTERVAL)
+
+    def _should_stop(self, begin: float) -> bool:
+        if self.signals >= 1:
+            log.info("Signal received: finishing running jobs, then stopping")
+            return True
+        if self.duration is not None and time.time() - begin >= self.duration:
+            log.info("Run time of %ss is over: finishing running jobs, then stopping", _fmt(self.duration))
+            return True
+        if self.storage.stop_requested(begin):
+            log.info("Stop requested: finishing running jobs, then stopping")
+            return True
+        return False
+
+    def _recover(self) -> None:
+        try:
+            self.manager.recover()
+        except QueuectlError as e:
+            log.error("Recovery failed: %s", e)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

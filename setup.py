@@ -1,0 +1,17 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="queuectl",
+    version="0.1.0",
+    description="A background job queue for shell commands, with retries, backoff and a DLQ",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["queuectl", "queuectl.*"]),
+    python_requires=">=3.9",
+    install_requires=["click>=8.1", "tabulate>=0.9", "filelock>=3.12"],
+    extras_require={
+        "redis": ["redis>=5"],
+        "dev": ["pytest>=7", "ruff"],
+    },
+    entry_points={"console_scripts": ["queuectl=queuectl.cli:main"]},
+)

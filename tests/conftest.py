@@ -1,0 +1,99 @@
+"""Shared fixtures: a backend per contract run, a CLI runner, and real `queuectl` processes."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from queuectl.core.queue import QueueManager
+from queuectl.core.storage import get_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["memory", "json"])
+def storage(request, tmp_path):
+    """Every storage backend in turn; the contract suite runs against each."""
+    if request.param == "memory":
+        store = get_storage(f"memory://{uuid.uuid4().hex}")
+    else:
+        store = get_storage(str(tmp_path / "data"))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def json_store(tmp_path):
+    store = get_storage(str(tmp_path / "data"))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def manager(storage):
+    return QueueManager(storage)
+
+
+def queuectl_command() -> list[str]:
+    exe = shutil.which("queuectl", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "queuectl"]
+
+
+class Proc:
+    """Runs the real `queuectl` command against one data directory, from any working directory."""
+
+    def __init__(self, tmp_path: Path):
+        self.data = tmp_path / "data"
+        self.cwd = tmp_path
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL")}
+        self.env["QUEUECTL_STORAGE_PATH"] = str(self.data)
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.logs = tmp_path / "logs"
+        self.logs.mkdir(exist_ok=True)
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 60, cwd=None, input=None):
+        p = subprocess.run(queuectl_command() + list(args), cwd=cwd or self.cwd, env=self.env,
+                           capture_output=True, text=True, timeout=timeout, input=input)
+        if check and p.returncode != 0:
+            raise AssertionError(f"queuectl {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def popen(self, *args: str, name: str = "start") -> subprocess.Popen:
+        log = open(self.logs / f"{name}-{uuid.uuid4().hex[:6]}.log", "wb")
+        return subprocess.Popen(queuectl_command() + list(args), cwd=self.cwd, env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def enqueue(self, command: str, *extra: str) -> str:
+        out = self("enqueue", command, *extra).stdout
+        return out.split("ID:")[1].split()[0]
+
+    def manager(self) -> QueueManager:
+        return QueueManager(get_storage(str(self.data)))
+
+    def counts(self) -> dict[str, int]:
+        store = get_storage(str(self.data))
+        return {s.value: n for s, n in store.counts().items()}
+
+
+@pytest.fixture
+def proc(tmp_path):
+    return Proc(tmp_path)
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running fault and load tests (run by `make test`)")

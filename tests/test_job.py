@@ -1,0 +1,53 @@
+"""The job record and the pure rules: backoff, spec parsing, validation."""
+from __future__ import annotations
+
+import pytest
+
+from queuectl.core.errors import ValidationError
+from queuectl.core.job import Job, JobState, backoff_delay, parse_spec, validate_id
+
+
+@pytest.mark.parametrize("failures,expected", [(0, 0), (1, 2), (2, 4), (3, 8), (10, 1024)])
+def test_backoff_is_base_to_the_failures(failures, expected):
+    assert backoff_delay(failures, 2, 3600) == expected
+
+
+def test_backoff_is_capped_even_when_huge():
+    assert backoff_delay(5000, 10, 3600) == 3600
+    assert backoff_delay(20, 2, 60) == 60
+
+
+def test_job_round_trips_through_json():
+    job = Job.new("echo 'hi' | tr a-z A-Z; ünïcode", 4, job_id="a.b-c_d")
+    again = Job.from_json(job.to_json())
+    assert again == job
+    assert again.state is JobState.PENDING and again.attempts == 0 and again.max_retries == 4
+    assert again.created_at.endswith("Z") and again.created_at == again.updated_at
+
+
+def test_job_refuses_an_empty_command():
+    with pytest.raises(ValidationError):
+        Job.new("   ", 3)
+
+
+def test_spec_accepts_the_documented_keys():
+    spec = parse_spec('{"id":"job1","command":"sleep 2","max_retries":3}')
+    assert spec == {"id": "job1", "command": "sleep 2", "max_retries": 3}
+
+
+@pytest.mark.parametrize("text", [
+    "{", "[]", '"x"', "{}", '{"command": 5}', '{"command": ""}', '{"command": "x", "max_retries": -1}',
+    '{"command": "x", "max_retries": 1.5}', '{"command": "x", "max_retries": true}',
+    '{"command": "x", "max_retries": NaN}', '{"command": "x", "id": "../etc"}',
+    '{"command": "x", "id": ""}', '{"command": "x", "nope": 1}', '{"command": ["x"]}',
+    '{"command": "x", "max_retries": 100000000000000000000}',
+])
+def test_spec_rejects_bad_input(text):
+    with pytest.raises(ValidationError):
+        parse_spec(text)
+
+
+@pytest.mark.parametrize("job_id", ["..", ".hidden", "a/b", "a\\b", "", "x" * 129, "a b", "é"])
+def test_ids_that_could_escape_a_folder_are_refused(job_id):
+    with pytest.raises(ValidationError):
+        validate_id(job_id)
