@@ -19,8 +19,22 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+# The README's "Complete Workflow Demo", in a throw-away data directory.
 demo: install
-	@$(BIN)/python scripts/demo.py
+	@set -e; d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
+	export QUEUECTL_STORAGE_PATH="$$d/queuectl_data"; q="$(CURDIR)/$(BIN)/queuectl"; \
+	run() { echo; echo "\$$ queuectl $$*"; "$$q" "$$@"; }; \
+	run enqueue "sleep 2"; \
+	run enqueue "echo 'Hello World'"; \
+	run enqueue invalid_command --max-retries 1; \
+	run status; \
+	run start --count 2 --timeout 8; \
+	run status; \
+	run list --state completed; \
+	run dlq list; \
+	bad=$$("$$q" list --state dead | awk 'NR==3 {print $$1}'); \
+	run dlq retry "$$bad"; \
+	run list --state pending
 
 verify: install
 	$(BIN)/python verify_all.py

@@ -102,11 +102,13 @@ def cli(ctx: click.Context, storage_path: str) -> None:
 
 
 @cli.command()
-@click.argument("command")
+@click.argument("command", required=False)
 @click.option("--max-retries", type=click.IntRange(0, 1000), metavar="N",
               help="Retries after the first attempt (default: config max_retries).")
+@click.option("--file", "spec_file", type=click.File("r", encoding="utf-8", errors="strict"),
+              metavar="FILE", help="Add many jobs: one JSON spec or command per line ('-' for stdin).")
 @pass_app
-def enqueue(app: App, command: str, max_retries: int | None) -> None:
+def enqueue(app: App, command: str | None, max_retries: int | None, spec_file: Any) -> None:
     """Add a job: a shell COMMAND, or a JSON job spec.
 
     \b
@@ -114,9 +116,26 @@ def enqueue(app: App, command: str, max_retries: int | None) -> None:
       queuectl enqueue "echo 'Hello World'"
       queuectl enqueue "curl -fsS https://example.com" --max-retries 5
       queuectl enqueue '{"id":"job1","command":"sleep 2","max_retries":3}'
+      queuectl enqueue --file jobs.jsonl      # all or nothing
     """
+    if spec_file is not None:
+        if command is not None or max_retries is not None:
+            raise click.UsageError("--file takes no COMMAND and no --max-retries")
+        lines = _read_lines(spec_file)
+        jobs = app.manager.enqueue_many(lines)
+        click.echo(f"Enqueued {len(jobs)} job(s)")
+        return
+    if command is None:
+        raise click.UsageError("Missing argument 'COMMAND'.")
     job = app.manager.enqueue(command, max_retries)
     click.echo(f"Job enqueued successfully!\n   ID: {job.id}\n   Command: {job.command}")
+
+
+def _read_lines(stream: Any) -> list[str]:
+    try:
+        return stream.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise click.BadParameter(f"not UTF-8 text ({e.reason})", param_hint="--file") from None
 
 
 def _start(app: App, count: int | None, timeout: float | None) -> None:

@@ -86,10 +86,12 @@ class QueueManager:
         return job
 
     def enqueue_many(self, texts: Iterable[str]) -> list[Job]:
-        """All or nothing: every spec is checked before the first is stored."""
+        """All or nothing: every spec is checked before the first is stored; blank lines are skipped."""
         jobs = []
         seen: set[str] = set()
         for n, text in enumerate(texts, 1):
+            if not text.strip():
+                continue
             try:
                 job = self.build_job(text)
             except ValidationError as e:

@@ -249,7 +249,7 @@ class JsonStorage(Storage):
             return None
         for refreshed in (False, True):
             if refreshed or not self._candidates or time.monotonic() - self._candidates_at > CANDIDATE_TTL:
-                self._load_candidates()
+                self._load_candidates(now)
             while self._candidates:
                 _key, state, name, job_id, due = self._candidates.pop(0)
                 if due > now:
@@ -270,8 +270,7 @@ class JsonStorage(Storage):
                 return None
         return None
 
-    def _load_candidates(self) -> None:
-        now = time.time()
+    def _load_candidates(self, now: float) -> None:
         found = []
         for state in RUNNABLE:
             for name in self._names(state.value):

@@ -1,0 +1,180 @@
+"""The storage contract: every backend must pass every test here (see the `storage` fixture)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from queuectl.core.errors import ConflictError, DuplicateJobError
+from queuectl.core.job import Job, JobState
+from queuectl.core.storage import ManagerInfo
+
+
+def make(command="true", **kw) -> Job:
+    return Job.new(command, 3, **kw)
+
+
+def test_an_empty_store_has_nothing(storage):
+    assert storage.get("nope") is None
+    assert storage.match_ids("a") == []
+    assert list(storage.jobs()) == []
+    assert storage.counts() == {s: 0 for s in JobState}
+    assert storage.claim("w1", time.time()) is None
+    assert storage.managers() == []
+    assert storage.load_config() == {}
+
+
+def test_add_then_get_returns_an_equal_job(storage):
+    job = make("echo 'a b' && printf '%s' \"ü\"", job_id="job-1")
+    storage.add(job)
+    assert storage.get("job-1") == job
+    assert storage.counts()[JobState.PENDING] == 1
+
+
+def test_duplicate_ids_are_refused(storage):
+    storage.add(make(job_id="same"))
+    with pytest.raises(DuplicateJobError):
+        storage.add(make(job_id="same"))
+    assert storage.counts()[JobState.PENDING] == 1
+
+
+def test_match_ids_by_prefix(storage):
+    for job_id in ("abc1", "abc2", "abd"):
+        storage.add(make(job_id=job_id))
+    assert storage.match_ids("abc") == ["abc1", "abc2"]
+    assert storage.match_ids("x") == []
+
+
+def test_claim_takes_priority_then_fifo(storage):
+    low_old = make(job_id="low-old")
+    storage.add(low_old)
+    high = make(job_id="high", priority=5)
+    storage.add(high)
+    low_new = make(job_id="low-new")
+    storage.add(low_new)
+    order = [storage.claim("w1", time.time()).id for _ in range(3)]
+    assert order == ["high", "low-old", "low-new"]
+
+
+def test_claim_skips_jobs_not_yet_due(storage):
+    later = make(job_id="later")
+    later.due_at = time.time() + 60
+    storage.add(later)
+    storage.add(make(job_id="now"))
+    job = storage.claim("w1", time.time())
+    assert job.id == "now"
+    assert storage.claim("w1", time.time()) is None
+
+
+def test_claimed_job_is_processing_and_owned(storage):
+    storage.register_owner("w1")
+    storage.add(make(job_id="j"))
+    job = storage.claim("w1", time.time())
+    assert job.state is JobState.PROCESSING and job.worker_id == "w1"
+    assert storage.get("j").state is JobState.PROCESSING
+    counts = storage.counts()
+    assert counts[JobState.PENDING] == 0 and counts[JobState.PROCESSING] == 1
+
+
+def test_update_moves_the_job_and_keeps_counts(storage):
+    storage.register_owner("w1")
+    storage.add(make(job_id="j"))
+    job = storage.claim("w1", time.time())
+    running = job.evolve(attempts=1)
+    storage.update(job, running)
+    done = running.evolve(state=JobState.COMPLETED, exit_code=0)
+    storage.update(running, done)
+    assert storage.get("j") == done
+    assert [j.id for j in storage.jobs(JobState.COMPLETED)] == ["j"]
+    counts = storage.counts()
+    assert counts[JobState.COMPLETED] == 1 and counts[JobState.PROCESSING] == 0
+
+
+def test_update_of_a_stale_copy_is_a_conflict(storage):
+    storage.add(make(job_id="j"))
+    stale = storage.get("j")
+    storage.update(stale, stale.evolve(state=JobState.DEAD))
+    with pytest.raises(ConflictError):
+        storage.update(stale, stale.evolve(state=JobState.COMPLETED))
+    assert storage.get("j").state is JobState.DEAD
+
+
+def test_a_failed_job_waits_for_its_due_time(storage):
+    storage.register_owner("w1")
+    storage.add(make(job_id="j"))
+    job = storage.claim("w1", time.time())
+    storage.update(job, job.evolve(state=JobState.FAILED, attempts=1, due_at=time.time() + 30))
+    assert storage.claim("w1", time.time()) is None
+    assert storage.claim("w1", time.time() + 31).id == "j"
+
+
+def test_jobs_lists_oldest_first_and_filters_by_state(storage):
+    for i in range(5):
+        storage.add(make(job_id=f"j{i}"))
+    assert [j.id for j in storage.jobs()] == [f"j{i}" for i in range(5)]
+    assert [j.id for j in storage.jobs(JobState.DEAD)] == []
+
+
+def test_exactly_one_of_many_concurrent_claimers_wins(storage):
+    storage.add(make(job_id="only"))
+    barrier = threading.Barrier(8)
+    won: list[str] = []
+
+    def claimer(n: int) -> None:
+        barrier.wait()
+        job = storage.claim(f"w{n}", time.time())
+        if job is not None:
+            won.append(job.id)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert won == ["only"]
+
+
+def test_recover_hands_back_only_jobs_of_dead_owners(storage):
+    storage.register_owner("alive")
+    storage.register_owner("doomed")
+    storage.add(make(job_id="a"))
+    storage.add(make(job_id="b"))
+    a = storage.claim("alive", time.time())
+    storage.update(a, a.evolve(attempts=1, started_at="x"))
+    b = storage.claim("doomed", time.time())
+    storage.update(b, b.evolve(attempts=1, started_at="x"))
+    storage.unregister_owner("doomed")  # what a crash does to a registration
+
+    seen = []
+
+    def decide(job: Job) -> Job:
+        seen.append(job.id)
+        assert job.state is JobState.PROCESSING and job.attempts == 1
+        return job.evolve(state=JobState.PENDING, worker_id=None)
+
+    recovered = storage.recover(decide)
+    assert seen == ["b"] and [j.id for j in recovered] == ["b"]
+    assert storage.get("b").state is JobState.PENDING
+    assert storage.get("a").state is JobState.PROCESSING
+    assert storage.recover(decide) == []
+
+
+def test_config_round_trips(storage):
+    storage.save_config({"max_retries": 5})
+    assert storage.load_config() == {"max_retries": 5}
+
+
+def test_managers_are_listed_until_they_unregister(storage):
+    info = ManagerInfo(id="m1", pid=123, workers=2, started_at=time.time())
+    storage.register_manager(info)
+    assert [m.id for m in storage.managers()] == ["m1"]
+    storage.unregister_manager("m1")
+    assert storage.managers() == []
+
+
+def test_a_stop_request_reaches_only_managers_started_before_it(storage):
+    before = time.time() - 1
+    storage.request_stop()
+    assert storage.stop_requested(before)
+    assert not storage.stop_requested(time.time() + 1)

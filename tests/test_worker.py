@@ -1,0 +1,113 @@
+"""One worker iteration at a time (`run_once`), with real shell commands, on every backend."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from queuectl.core.job import JobState
+from queuectl.core.queue import QueueManager
+from queuectl.core.utils.proc import group_alive
+from queuectl.core.worker import Worker
+
+
+@pytest.fixture
+def worker(manager):
+    w = Worker(manager, "worker-1")
+    yield w
+    w.unregister()
+
+
+def test_nothing_to_do_returns_false(worker):
+    assert worker.run_once() is False
+
+
+def test_a_job_completes(worker, manager, tmp_path):
+    marker = tmp_path / "marker"
+    job = manager.enqueue(f"echo done >> {marker}")
+    assert worker.run_once() is True
+    done = manager.storage.get(job.id)
+    assert done.state is JobState.COMPLETED and done.attempts == 1
+    assert marker.read_text() == "done\n"
+
+
+def test_an_invalid_command_fails_cleanly_and_the_worker_goes_on(worker, manager):
+    bad = manager.enqueue("invalid_command_xyz", max_retries=0)
+    good = manager.enqueue("true")
+    assert worker.run_once() and worker.run_once()
+    dead = manager.storage.get(bad.id)
+    assert dead.state is JobState.DEAD
+    assert dead.last_error.startswith("Exit code 127: ") and "invalid_command_xyz" in dead.last_error
+    assert manager.storage.get(good.id).state is JobState.COMPLETED
+
+
+def test_last_error_holds_the_last_stderr_line(worker, manager):
+    job = manager.enqueue("echo first >&2; echo; echo 'the last one' >&2; exit 3", max_retries=0)
+    worker.run_once()
+    assert manager.storage.get(job.id).last_error == "Exit code 3: the last one"
+
+
+def test_a_timeout_kills_the_whole_process_group(worker, manager, tmp_path):
+    manager.set_config("job_timeout", "1")
+    pidfile = tmp_path / "pid"
+    job = manager.enqueue(f"sleep 100 & echo $! > {pidfile}; sleep 100", max_retries=0)
+    started = time.monotonic()
+    worker.run_once()
+    assert time.monotonic() - started < 6
+    dead = manager.storage.get(job.id)
+    assert dead.state is JobState.DEAD and dead.last_error == "Timed out after 1s"
+    grandchild = int(pidfile.read_text())
+    assert not _alive(grandchild)
+
+
+def test_a_forced_stop_returns_the_job_uncounted(worker, manager):
+    job = manager.enqueue("sleep 30")
+    threading.Timer(0.5, worker.force_event.set).start()
+    started = time.monotonic()
+    worker.run_once()
+    assert time.monotonic() - started < 5
+    back = manager.storage.get(job.id)
+    assert back.state is JobState.PENDING and back.attempts == 0
+
+
+def test_run_stops_when_asked(worker, manager):
+    manager.enqueue("true")
+    t = threading.Thread(target=worker.run)
+    t.start()
+    time.sleep(0.5)
+    worker.stop_event.set()
+    t.join(5)
+    assert not t.is_alive()
+    assert manager.counts()[JobState.COMPLETED] == 1
+
+
+def test_the_running_commands_group_is_noted_for_recovery(json_store, tmp_path):
+    manager = QueueManager(json_store)
+    worker = Worker(manager, "worker-1")
+    manager.enqueue("sleep 1")
+    seen = []
+    original = json_store.note_running
+
+    def spy(owner, pgid):
+        seen.append(pgid)
+        original(owner, pgid)
+
+    json_store.note_running = spy
+    worker.run_once()
+    worker.unregister()
+    assert seen[0] and seen[-1] is None
+    assert not group_alive(seen[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
