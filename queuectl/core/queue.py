@@ -101,7 +101,7 @@ class QueueManager:
             seen.add(job.id)
             jobs.append(job)
         self.storage.add_many(jobs)
-        self.storage.notify_work()
+        self.storage.notify_work(len(jobs))
         return jobs
 
     # -- reading -------------------------------------------------------------------------

@@ -158,8 +158,8 @@ class Storage(ABC):
         """Blocks up to `timeout` seconds or until new work may be there. Default: sleeps."""
         time.sleep(timeout)
 
-    def notify_work(self) -> None:
-        """Wakes idle workers after new work arrives. Default: nothing (they poll)."""
+    def notify_work(self, count: int = 1) -> None:
+        """Wakes up to `count` idle workers after new work arrives. Default: nothing (they poll)."""
 
 
 def new_owner_id(kind: str) -> str:

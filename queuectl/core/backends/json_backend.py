@@ -15,6 +15,7 @@ Layout of the data directory (0700; every file 0600)::
     quarantine/                 unreadable files, set aside rather than deleted
     tmp/                        temp files before their rename
     stop                        time of the latest `queuectl stop`
+    wake                        a FIFO: an enqueue writes a byte, an idle worker wakes on it
 
 A job changes state in two steps: its new content is written in place (unique temp file, fsync,
 os.replace), then the file is renamed into its new folder. A rename is the commit point and only
@@ -35,7 +36,7 @@ from filelock import FileLock
 from ..errors import ConflictError, DuplicateJobError, StorageError
 from ..job import Job, JobState
 from ..storage import ManagerInfo, Storage, new_owner_id
-from ..utils import fs
+from ..utils import fs, wake
 from ..utils.proc import kill_group
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class JsonStorage(Storage):
         self._candidates_at = 0.0
         self._counts_lock: FileLock | None = None
         self._warned: set[str] = set()
+        self._wake_fd: int | None = None
 
     # -- paths ---------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -101,6 +103,9 @@ class JsonStorage(Storage):
         self._ready = True
 
     def close(self) -> None:
+        if self._wake_fd is not None:
+            os.close(self._wake_fd)
+            self._wake_fd = None
         for lock in list(self._owners.values()) + list(self._managers.values()):
             lock.release()
         self._owners.clear()
@@ -421,6 +426,20 @@ class JsonStorage(Storage):
                 continue
             for path in stale:
                 _unlink(path)
+
+    # -- wake-ups ------------------------------------------------------------------------
+    def wait_for_work(self, owner: str, timeout: float) -> None:
+        """Sleeps on the wake-up pipe: an enqueue wakes one idle worker at once."""
+        if self._wake_fd is None and self.exists():
+            self._wake_fd = wake.open_listener(self._p("wake"))
+        if self._wake_fd is None:
+            time.sleep(timeout)
+        else:
+            wake.wait(self._wake_fd, timeout)
+
+    def notify_work(self, count: int = 1) -> None:
+        if self.exists():
+            wake.notify(self._p("wake"), count)
 
     # -- owners and managers ---------------------------------------------------------------
     def register_owner(self, owner: str) -> None:

@@ -124,6 +124,6 @@ class MemoryStorage(Storage):
         with self._wake:
             self._wake.wait(timeout)
 
-    def notify_work(self) -> None:
+    def notify_work(self, count: int = 1) -> None:
         with self._wake:
             self._wake.notify_all()
