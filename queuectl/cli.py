@@ -1,6 +1,7 @@
 """The command line: each command parses, calls one QueueManager method, and formats."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Any
@@ -31,8 +32,10 @@ class QueuectlGroup(click.Group):
             click.echo(e.ctx.get_help())
             sys.exit(EXIT_USAGE)
         except click.UsageError as e:
-            hint = f" Try '{e.ctx.command_path} --help'." if e.ctx is not None else ""
-            _fail(f"{e.format_message()}{hint}", EXIT_USAGE)
+            message = e.format_message().rstrip()
+            if e.ctx is not None:
+                message += ("" if message.endswith(".") else ".") + f" Try '{e.ctx.command_path} --help'."
+            _fail(message, EXIT_USAGE)
         except click.ClickException as e:
             _fail(e.format_message(), e.exit_code)
         except click.exceptions.Abort:
@@ -166,7 +169,22 @@ def _stop(app: App) -> None:
 
 COUNT = click.option("--count", type=click.IntRange(1, 128), metavar="N",
                      help="Worker processes (default: config worker_count).")
-RUN_FOR = click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+class Seconds(click.ParamType):
+    """A finite, positive number of seconds."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{value}' is not a number of seconds", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"'{value}' is not a positive, finite number of seconds", param, ctx)
+        return number
+
+
+RUN_FOR = click.option("--timeout", type=Seconds(), metavar="SECONDS",
                        help="Stop after this many seconds, letting running jobs finish.")
 
 
@@ -199,7 +217,13 @@ def stop(app: App) -> None:
 
 @cli.group()
 def worker() -> None:
-    """Worker commands (the same as `start` and `stop`)."""
+    """Worker commands (the same as `start` and `stop`).
+
+    \b
+    Examples:
+      queuectl worker start --count 3
+      queuectl worker stop
+    """
 
 
 @worker.command("start")
@@ -272,7 +296,13 @@ def list_jobs(app: App, state: str | None) -> None:
 
 @cli.group()
 def dlq() -> None:
-    """Inspect and retry jobs in the dead letter queue."""
+    """Inspect and retry jobs in the dead letter queue.
+
+    \b
+    Examples:
+      queuectl dlq list
+      queuectl dlq retry 08232c92
+    """
 
 
 @dlq.command("list")
@@ -341,7 +371,7 @@ def _set(app: App, key: str, value: str) -> None:
     click.echo(f"Set {key} = {Config.format(typed)}")
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @pass_app

@@ -83,7 +83,11 @@ class JsonStorage(Storage):
 
     # -- store ---------------------------------------------------------------------------
     def exists(self) -> bool:
-        return os.path.isdir(self._p("pending"))
+        if os.path.isdir(self._p("pending")):
+            return True
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise StorageError(f"storage path '{self.display}' is not a directory")
+        return False
 
     def _ensure(self) -> None:
         """Creates the layout on first write and refuses a directory others could tamper with."""
@@ -118,8 +122,11 @@ class JsonStorage(Storage):
         try:
             data = json.loads(fs.read_file(path))
         except FileNotFoundError:
+            self.exists()  # a storage path that is a file is an error, not an empty store
             return {}
-        except (OSError, ValueError) as e:
+        except OSError as e:
+            raise StorageError(f"cannot read the config in '{self.display}': {_reason(e)}") from e
+        except ValueError as e:
             self._quarantine(path, f"unreadable config ({e}); using defaults")
             return {}
         if not isinstance(data, dict):

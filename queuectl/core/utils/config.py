@@ -62,6 +62,8 @@ def normalize_key(key: str) -> str:
 
 
 def _number(text: str, kind: type) -> float:
+    if "_" in text:
+        raise ConfigError(f"'{text}' is not {'a number' if kind is float else 'a whole number'}")
     try:
         value = float(text) if kind is float else int(text)
     except (TypeError, ValueError):
