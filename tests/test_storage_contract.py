@@ -178,3 +178,89 @@ def test_a_stop_request_reaches_only_managers_started_before_it(storage):
     storage.request_stop()
     assert storage.stop_requested(before)
     assert not storage.stop_requested(time.time() + 1)
+
+
+def test_delete_removes_a_job_and_its_id(storage):
+    storage.add(make(job_id="gone"))
+    storage.delete(storage.get("gone"))
+    assert storage.get("gone") is None and storage.match_ids("gone") == []
+    assert storage.counts()[JobState.PENDING] == 0
+    storage.add(make(job_id="gone"))  # the id is free again
+
+
+def test_delete_of_a_stale_copy_is_a_conflict(storage):
+    storage.add(make(job_id="j"))
+    stale = storage.get("j")
+    storage.update(stale, stale.evolve(state=JobState.DEAD))
+    with pytest.raises(ConflictError):
+        storage.delete(stale)
+
+
+def test_unique_keys_are_a_compare_and_set(storage):
+    assert storage.unique_holder("k") is None
+    assert storage.reserve_unique("k", "a", None)
+    assert not storage.reserve_unique("k", "b", None)
+    assert storage.unique_holder("k") == "a"
+    assert storage.reserve_unique("k", "c", "a")
+    assert storage.unique_holder("k") == "c"
+
+
+def test_one_of_many_concurrent_unique_reservations_wins(storage):
+    barrier = threading.Barrier(8)
+    wins: list[str] = []
+
+    def reserve(n: int) -> None:
+        barrier.wait()
+        if storage.reserve_unique("key", f"job{n}", None):
+            wins.append(f"job{n}")
+
+    threads = [threading.Thread(target=reserve, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and storage.unique_holder("key") == wins[0]
+
+
+def test_dependants_are_recorded(storage):
+    assert storage.dependants("a") == []
+    storage.add_dependant("a", "b")
+    storage.add_dependant("a", "c")
+    storage.add_dependant("a", "b")
+    assert storage.dependants("a") == ["b", "c"]
+
+
+def test_cancel_requests(storage):
+    assert not storage.cancel_requested("j")
+    storage.request_cancel("j")
+    assert storage.cancel_requested("j")
+    storage.clear_cancel("j")
+    assert not storage.cancel_requested("j")
+
+
+def test_start_slots_follow_the_rate(storage):
+    now = time.time()
+    assert storage.take_start_slot(0, now) == 0  # unlimited
+    assert storage.take_start_slot(2, now) == 0
+    wait = storage.take_start_slot(2, now)
+    assert 0 < wait <= 0.5
+    assert storage.take_start_slot(2, now + wait) == 0
+
+
+def test_a_forced_stop_request_says_so(storage):
+    before = time.time() - 1
+    storage.request_stop(force=True)
+    assert storage.stop_requested(before) == "force"
+
+
+def test_metrics_follow_finished_attempts(storage):
+    storage.register_owner("w1")
+    storage.add(make(job_id="j"))
+    job = storage.claim("w1", time.time())
+    started = job.evolve(attempts=1, started_at=job.created_at)
+    storage.update(job, started)
+    entry = {"attempt": 1, "duration": 0.25, "exit_code": 0, "timed_out": False}
+    storage.update(started, started.evolve(state=JobState.COMPLETED, history=[entry]))
+    agg = storage.metrics()
+    assert agg["attempts_total"] == 1 and agg["completed_total"] == 1
+    assert agg["run_ms"]["count"] == 1 and agg["run_ms"]["max"] == 250

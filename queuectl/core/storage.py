@@ -101,6 +101,13 @@ class Storage(ABC):
         """
 
     @abstractmethod
+    def delete(self, job: Job) -> None:
+        """Removes a job that no worker holds, with its id and output.
+
+        ConflictError if the job is no longer as `job` says.
+        """
+
+    @abstractmethod
     def recover(self, decide: Callable[[Job], Job]) -> list[Job]:
         """Hands every job whose owner died to `decide` and stores what it returns.
 
@@ -136,12 +143,59 @@ class Storage(ABC):
         """The live managers; dead ones are never listed. [] when none run."""
 
     @abstractmethod
-    def request_stop(self) -> None:
-        """Asks every manager running now to stop; managers started later are not affected."""
+    def request_stop(self, force: bool = False) -> None:
+        """Asks every manager running now to stop (force: end running jobs at once).
+
+        Managers started later are not affected.
+        """
 
     @abstractmethod
-    def stop_requested(self, since: float) -> bool:
-        """Whether a stop was requested at or after `since` (epoch seconds)."""
+    def stop_requested(self, since: float) -> str | None:
+        """'graceful' or 'force' if a stop was requested at or after `since`; None otherwise."""
+
+    # -- scheduling aids -------------------------------------------------------------------
+    @abstractmethod
+    def unique_holder(self, key: str) -> str | None:
+        """The id of the job a unique key was last given to; None if never."""
+
+    @abstractmethod
+    def reserve_unique(self, key: str, job_id: str, expected: str | None) -> bool:
+        """Gives `key` to `job_id` if it is still held by `expected` (None: by nobody).
+
+        One atomic compare-and-set: of concurrent callers with the same `expected`, one wins.
+        """
+
+    @abstractmethod
+    def add_dependant(self, dependency: str, job_id: str) -> None:
+        """Records that `job_id` waits for `dependency`."""
+
+    @abstractmethod
+    def dependants(self, dependency: str) -> list[str]:
+        """Ids of the jobs that wait for `dependency`; [] when none."""
+
+    @abstractmethod
+    def request_cancel(self, job_id: str) -> None:
+        """Asks the worker running `job_id` to end it."""
+
+    @abstractmethod
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether `job_id` has a pending cancel request (cheap: workers ask often)."""
+
+    @abstractmethod
+    def clear_cancel(self, job_id: str) -> None:
+        """Forgets a cancel request; a no-op if there is none."""
+
+    @abstractmethod
+    def take_start_slot(self, rate: float, now: float) -> float:
+        """Rate limit shared by every worker of the store: `rate` job starts per second.
+
+        Returns 0.0 when a job may start now (and the slot is taken), otherwise the seconds to
+        wait before asking again.
+        """
+
+    @abstractmethod
+    def metrics(self) -> dict[str, Any]:
+        """The running aggregates kept by `core/metrics.py` (updated with every state change)."""
 
     # -- output ----------------------------------------------------------------------------
     def output_paths(self, job_id: str, attempt: int) -> tuple[str, str]:

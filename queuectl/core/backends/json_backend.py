@@ -11,6 +11,10 @@ Layout of the data directory (0700; every file 0600)::
     completed/<id>.json  dead/<id>.json
     owners/<owner>.lock         held (flock) by each worker or CLI process that moves jobs
     managers/<id>.json + .lock  running `start` processes
+    unique/<sha256 of key>      the id of the job a unique key was last given to
+    deps/<dependency>/<id>      jobs waiting for a dependency
+    cancel/<id>                 a cancel request for a running job
+    rate                        the earliest time the next job may start (rate limit)
     logs/<id>.<attempt>.out|err what each attempt printed (empty ones are removed)
     quarantine/                 unreadable files, set aside rather than deleted
     tmp/                        temp files before their rename
@@ -25,6 +29,7 @@ queue's rules. Claiming reads only file names, so its cost does not grow with hi
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +38,7 @@ from typing import Any, Callable, Iterator
 
 from filelock import FileLock
 
+from .. import metrics
 from ..errors import ConflictError, DuplicateJobError, StorageError
 from ..job import Job, JobState
 from ..storage import ManagerInfo, Storage, new_owner_id
@@ -96,7 +102,8 @@ class JsonStorage(Storage):
         try:
             fs.make_private_dir(self.root)
             check_private(self.root)
-            for sub in (*STATE_DIRS.values(), "ids", "owners", "managers", "quarantine", "tmp", "logs"):
+            for sub in (*STATE_DIRS.values(), "ids", "owners", "managers", "quarantine", "tmp", "logs",
+                        "unique", "deps", "cancel"):
                 path = self._p(sub)
                 if not os.path.isdir(path):
                     fs.make_private_dir(path)
@@ -233,27 +240,40 @@ class JsonStorage(Storage):
         self._ensure()
         with self._lock("counts"):
             counts = self._scan_counts()
-            self._write(self._p("counts.json"), _counts_json(counts), durable=False)
+            doc: dict[str, Any] = {s.value: n for s, n in counts.items()}
+            doc["metrics"] = metrics.merge_defaults(self._load_counts_file().get("metrics"))
+            self._write(self._p("counts.json"), json.dumps(doc).encode(), durable=False)
         return counts
 
-    def _count(self, delta: dict[JobState, int]) -> None:
-        """Applies a change to the kept counts; they are a cache that `recount` can rebuild."""
+    def _count(self, delta: dict[JobState, int], change: tuple[Job, Job] | None = None) -> None:
+        """Applies a change to the kept counts (a cache `recount` can rebuild) and the metrics."""
         delta = {s: n for s, n in delta.items() if n}
-        if not delta:
+        if not delta and change is None:
             return
         with self._lock("counts"):
-            counts = {s: 0 for s in JobState}
-            try:
-                data = json.loads(fs.read_file(self._p("counts.json")))
-                counts.update({s: int(data.get(s.value, 0)) for s in JobState})
-            except FileNotFoundError:
-                pass
-            except (OSError, ValueError, TypeError, AttributeError):
-                counts = self._scan_counts()
-                delta = {}
+            data = self._load_counts_file()
+            counts = {s: int(data.get(s.value, 0) or 0) for s in JobState}
+            if data.get("_broken"):
+                counts, delta = self._scan_counts(), {}
             for s, n in delta.items():
                 counts[s] = max(0, counts[s] + n)
-            self._write(self._p("counts.json"), _counts_json(counts), durable=False)
+            doc: dict[str, Any] = {s.value: n for s, n in counts.items()}
+            doc["metrics"] = metrics.merge_defaults(data.get("metrics"))
+            if change is not None:
+                metrics.apply(doc["metrics"], change[0], change[1], time.time())
+            self._write(self._p("counts.json"), json.dumps(doc).encode(), durable=False)
+
+    def _load_counts_file(self) -> dict[str, Any]:
+        try:
+            data = json.loads(fs.read_file(self._p("counts.json")))
+            return data if isinstance(data, dict) else {"_broken": True}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return {"_broken": True}
+
+    def metrics(self) -> dict[str, Any]:
+        return metrics.merge_defaults(self._load_counts_file().get("metrics"))
 
     # -- claim and update ------------------------------------------------------------------
     def claim(self, owner: str, now: float) -> Job | None:
@@ -319,7 +339,7 @@ class JsonStorage(Storage):
             os.rename(src, dst)
             if final:
                 fs.fsync_dir(os.path.dirname(dst))
-        self._count({old.state: -1, new.state: 1} if old.state is not new.state else {})
+        self._count({old.state: -1, new.state: 1} if old.state is not new.state else {}, (old, new))
 
     def _grab(self, job: Job) -> str:
         """Takes a job that no worker holds into processing/ under this process's own owner."""
@@ -337,6 +357,16 @@ class JsonStorage(Storage):
             self.register_owner(owner)
             self._cli_owner = owner
         return self._cli_owner
+
+    def delete(self, job: Job) -> None:
+        self._ensure()
+        src = self._grab(job)
+        os.unlink(src)
+        _unlink(self._p("ids", job.id))
+        for attempt in range(1, job.attempts + 2):
+            for path in self.output_paths(job.id, attempt):
+                _unlink(path)
+        self._count({job.state: -1})
 
     # -- recovery ------------------------------------------------------------------------
     def recover(self, decide: Callable[[Job], Job]) -> list[Job]:
@@ -507,16 +537,76 @@ class JsonStorage(Storage):
             elif name.endswith(".json") and not os.path.exists(self._p("managers", name[:-5] + ".lock")):
                 _unlink(self._p("managers", name))
 
-    def request_stop(self) -> None:
+    def request_stop(self, force: bool = False) -> None:
         self._ensure()
-        self._write(self._p("stop"), json.dumps({"at": time.time()}).encode())
+        self._write(self._p("stop"), json.dumps({"at": time.time(), "force": force}).encode())
 
-    def stop_requested(self, since: float) -> bool:
+    def stop_requested(self, since: float) -> str | None:
         try:
             data = json.loads(fs.read_file(self._p("stop")))
-            return float(data["at"]) >= since
+            if float(data["at"]) >= since:
+                return "force" if data.get("force") else "graceful"
         except (OSError, ValueError, KeyError, TypeError):
-            return False
+            pass
+        return None
+
+    # -- scheduling aids -------------------------------------------------------------------
+    def unique_holder(self, key: str) -> str | None:
+        try:
+            return fs.read_file(self._unique_path(key)).decode() or None
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"cannot read '{self.display}': {_reason(e)}") from e
+
+    def reserve_unique(self, key: str, job_id: str, expected: str | None) -> bool:
+        self._ensure()
+        with self._lock("unique"):
+            if self.unique_holder(key) != expected:
+                return False
+            self._write(self._unique_path(key), job_id.encode())
+            return True
+
+    def _unique_path(self, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+        return self._p("unique", digest)
+
+    def add_dependant(self, dependency: str, job_id: str) -> None:
+        self._ensure()
+        folder = self._p("deps", dependency)
+        fs.make_private_dir(folder)
+        fd = os.open(os.path.join(folder, job_id), os.O_WRONLY | os.O_CREAT, fs.FILE_MODE)
+        os.close(fd)
+        fs.fsync_dir(folder)
+
+    def dependants(self, dependency: str) -> list[str]:
+        return sorted(self._names(os.path.join("deps", dependency)))
+
+    def request_cancel(self, job_id: str) -> None:
+        self._ensure()
+        self._write(self._p("cancel", job_id), b"")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return os.path.exists(self._p("cancel", job_id))
+
+    def clear_cancel(self, job_id: str) -> None:
+        _unlink(self._p("cancel", job_id))
+
+    def take_start_slot(self, rate: float, now: float) -> float:
+        """GCRA: the file holds the earliest time the next start is allowed."""
+        if rate <= 0:
+            return 0.0
+        self._ensure()
+        interval = 1.0 / rate
+        with self._lock("rate"):
+            try:
+                allowed = float(fs.read_file(self._p("rate")))
+            except (OSError, ValueError):
+                allowed = 0.0
+            if allowed > now:
+                return allowed - now
+            self._write(self._p("rate"), repr(max(allowed, now) + interval).encode(), durable=False)
+            return 0.0
 
     # -- helpers -------------------------------------------------------------------------
     def _names(self, sub: str) -> list[str]:
@@ -612,10 +702,6 @@ def _id_of(name: str, state: JobState) -> str | None:
     if state is JobState.PROCESSING:
         return name[:-5].partition("__")[2] or None
     return name[:-5]
-
-
-def _counts_json(counts: dict[JobState, int]) -> bytes:
-    return json.dumps({s.value: n for s, n in counts.items()}).encode()
 
 
 def _unlink(path: str) -> None:

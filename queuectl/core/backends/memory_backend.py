@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from .. import metrics
 from ..errors import ConflictError, DuplicateJobError
 from ..job import Job, JobState
 from ..storage import ManagerInfo, Storage
@@ -21,7 +22,12 @@ class MemoryStorage(Storage):
         self._config: dict[str, Any] = {}
         self._owners: set[str] = set()
         self._managers: dict[str, ManagerInfo] = {}
-        self._stop_at = 0.0
+        self._stop: tuple[float, bool] = (0.0, False)
+        self._unique: dict[str, str] = {}
+        self._deps: dict[str, set[str]] = {}
+        self._cancels: set[str] = set()
+        self._next_start = 0.0
+        self._metrics = metrics.empty()
         self._wake = threading.Condition(self._lock)
 
     @classmethod
@@ -85,6 +91,7 @@ class MemoryStorage(Storage):
                     old.state is JobState.PROCESSING and current.worker_id != old.worker_id):
                 raise ConflictError(f"job {old.id} changed while we worked on it")
             self._jobs[old.id] = copy.deepcopy(new)
+            metrics.apply(self._metrics, old, new, time.time())
         if new.state.runnable:
             self.notify_work()
 
@@ -114,11 +121,61 @@ class MemoryStorage(Storage):
     def managers(self) -> list[ManagerInfo]:
         return sorted(self._managers.values(), key=lambda m: m.started_at)
 
-    def request_stop(self) -> None:
-        self._stop_at = time.time()
+    def delete(self, job: Job) -> None:
+        with self._lock:
+            current = self._jobs.get(job.id)
+            if current is None or current.state is not job.state or current.state is JobState.PROCESSING:
+                raise ConflictError(f"job {job.id} changed while we worked on it")
+            del self._jobs[job.id]
 
-    def stop_requested(self, since: float) -> bool:
-        return self._stop_at >= since and self._stop_at > 0
+    def request_stop(self, force: bool = False) -> None:
+        self._stop = (time.time(), force)
+
+    def stop_requested(self, since: float) -> str | None:
+        at, force = self._stop
+        if at and at >= since:
+            return "force" if force else "graceful"
+        return None
+
+    def unique_holder(self, key: str) -> str | None:
+        return self._unique.get(key)
+
+    def reserve_unique(self, key: str, job_id: str, expected: str | None) -> bool:
+        with self._lock:
+            if self._unique.get(key) != expected:
+                return False
+            self._unique[key] = job_id
+            return True
+
+    def add_dependant(self, dependency: str, job_id: str) -> None:
+        with self._lock:
+            self._deps.setdefault(dependency, set()).add(job_id)
+
+    def dependants(self, dependency: str) -> list[str]:
+        with self._lock:
+            return sorted(self._deps.get(dependency, ()))
+
+    def request_cancel(self, job_id: str) -> None:
+        self._cancels.add(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return job_id in self._cancels
+
+    def clear_cancel(self, job_id: str) -> None:
+        self._cancels.discard(job_id)
+
+    def take_start_slot(self, rate: float, now: float) -> float:
+        if rate <= 0:
+            return 0.0
+        with self._lock:
+            if self._next_start > now:
+                return self._next_start - now
+            self._next_start = max(self._next_start, now) + 1 / rate
+            return 0.0
+
+    def metrics(self) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._metrics)
 
     def wait_for_work(self, owner: str, timeout: float) -> None:
         with self._wake:
