@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from typing import Any
 
 import click
@@ -20,6 +21,8 @@ STATUS_ROWS = (("Pending", JobState.PENDING), ("Processing", JobState.PROCESSING
                ("Completed", JobState.COMPLETED), ("Failed", JobState.FAILED),
                ("Dead (DLQ)", JobState.DEAD))
 STATES = [s.value for s in JobState]
+# Seconds `start --detach` waits for the background manager to show up before giving up.
+DETACH_WAIT = 15.0
 
 
 class QueuectlGroup(click.Group):
@@ -104,14 +107,32 @@ def cli(ctx: click.Context, storage_path: str) -> None:
     ctx.call_on_close(app.close)
 
 
+def _csv(value: str | None, kind: type = str, hint: str = "") -> list[Any] | None:
+    """'a,b' -> ['a', 'b'] for list-valued options; None when the option was not given."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    try:
+        return [kind(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers", param_hint=hint) from None
+
+
 @cli.command()
 @click.argument("command", required=False)
 @click.option("--max-retries", type=click.IntRange(0, 1000), metavar="N",
               help="Retries after the first attempt (default: config max_retries).")
+@click.option("--priority", type=int, metavar="N", help="Higher runs first (default 0); FIFO within a priority.")
+@click.option("--run-at", metavar="TIME", help="Not before this ISO 8601 time (no zone: local time).")
+@click.option("--delay", metavar="DURATION", help="Not before this long from now: 90s, 5m, 2h, 1d.")
+@click.option("--timeout", type=int, metavar="SECONDS", help="This job's timeout (0 = none; default job_timeout).")
+@click.option("--no-retry-on", metavar="CODES", help="Exit codes that go straight to the DLQ, e.g. 2,64.")
+@click.option("--after", metavar="IDS", help="Run only after these jobs completed (ids or prefixes, comma-separated).")
+@click.option("--unique-key", metavar="KEY", help="Add nothing if a job with this key is waiting or running.")
 @click.option("--file", "spec_file", type=click.File("r", encoding="utf-8", errors="strict"),
               metavar="FILE", help="Add many jobs: one JSON spec or command per line ('-' for stdin).")
 @pass_app
-def enqueue(app: App, command: str | None, max_retries: int | None, spec_file: Any) -> None:
+def enqueue(app: App, command: str | None, spec_file: Any, **options: Any) -> None:
     """Add a job: a shell COMMAND, or a JSON job spec.
 
     \b
@@ -119,18 +140,23 @@ def enqueue(app: App, command: str | None, max_retries: int | None, spec_file: A
       queuectl enqueue "echo 'Hello World'"
       queuectl enqueue "curl -fsS https://example.com" --max-retries 5
       queuectl enqueue '{"id":"job1","command":"sleep 2","max_retries":3}'
+      queuectl enqueue "make report" --priority 10 --delay 5m --after job1
       queuectl enqueue --file jobs.jsonl      # all or nothing
     """
+    options["no_retry_on"] = _csv(options["no_retry_on"], int, "--no-retry-on")
+    options["after"] = _csv(options["after"])
     if spec_file is not None:
-        if command is not None or max_retries is not None:
-            raise click.UsageError("--file takes no COMMAND and no --max-retries")
-        lines = _read_lines(spec_file)
-        jobs = app.manager.enqueue_many(lines)
+        if command is not None or any(v is not None for v in options.values()):
+            raise click.UsageError("--file takes no COMMAND and no other option (put them in the JSON lines)")
+        jobs = app.manager.enqueue_many(_read_lines(spec_file))
         click.echo(f"Enqueued {len(jobs)} job(s)")
         return
     if command is None:
         raise click.UsageError("Missing argument 'COMMAND'.")
-    job = app.manager.enqueue(command, max_retries)
+    job, existing = app.manager.submit(command, **options)
+    if existing:
+        click.echo(f"Job already queued\n   ID: {job.id}\n   State: {job.state.value}")
+        return
     click.echo(f"Job enqueued successfully!\n   ID: {job.id}\n   Command: {job.command}")
 
 
@@ -141,10 +167,14 @@ def _read_lines(stream: Any) -> list[str]:
         raise click.BadParameter(f"not UTF-8 text ({e.reason})", param_hint="--file") from None
 
 
-def _start(app: App, count: int | None, timeout: float | None) -> None:
-    from .core.worker import WorkerPool, setup_logging
+def _start(app: App, count: int | None, timeout: float | None, detach: bool = False) -> None:
     manager = app.manager
     count = count or manager.config.worker_count
+    if detach:
+        pid, log_path = _detach(app, count, timeout)
+        click.echo(f"Started worker manager in the background (pid {pid})\n   Log: {log_path}")
+        return
+    from .core.worker import WorkerPool, setup_logging
     setup_logging(manager.config.log_level)
     pool = WorkerPool(manager, count, timeout)
     pool.install_signal_handlers()
@@ -157,14 +187,36 @@ def _start(app: App, count: int | None, timeout: float | None) -> None:
     pool.run()
 
 
-def _stop(app: App) -> None:
-    running = app.manager.request_stop()
+def _detach(app: App, count: int, timeout: float | None) -> tuple[int, str]:
+    """Starts `start` again in its own session, logging to a file; waits until it is listed."""
+    from .core.utils.proc import spawn_detached
+    log_path = os.path.join(app.manager.storage.log_dir(), f"manager-{time.strftime('%Y%m%d-%H%M%S')}.log")
+    argv = [sys.executable, "-m", "queuectl", "--storage-path", app.storage_path, "start", "--count", str(count)]
+    if timeout:
+        argv += ["--timeout", str(timeout)]
+    pid = spawn_detached(argv, log_path)
+    deadline = time.monotonic() + DETACH_WAIT
+    while time.monotonic() < deadline:
+        if any(m.pid == pid for m in app.manager.managers()):
+            return pid, log_path
+        time.sleep(0.05)
+    raise QueuectlError(f"the background manager did not start; see {log_path}")
+
+
+def _stop(app: App, wait: bool = False, force: bool = False) -> None:
+    running = app.manager.request_stop(force)
     if not running:
         click.echo("No worker manager running")
         return
-    click.echo("Stopping all workers...")
+    click.echo("Stopping all workers..." + (" (forced: running jobs go back to pending)" if force else ""))
+    what = "end their current job" if force else "finish their current job"
     for m in running:
-        click.echo(f"   Manager pid {m.pid}: {m.workers} worker(s) finish their current job and exit")
+        click.echo(f"   Manager pid {m.pid}: {m.workers} worker(s) {what} and exit")
+    if wait:
+        began = time.monotonic()
+        while app.manager.managers():
+            time.sleep(0.1)
+        click.echo(f"All workers stopped after {time.monotonic() - began:.1f}s")
 
 
 COUNT = click.option("--count", type=click.IntRange(1, 128), metavar="N",
@@ -188,31 +240,42 @@ RUN_FOR = click.option("--timeout", type=Seconds(), metavar="SECONDS",
                        help="Stop after this many seconds, letting running jobs finish.")
 
 
+DETACH = click.option("--detach", is_flag=True, help="Run in the background; print its pid and log file.")
+WAIT = click.option("--wait", is_flag=True, help="Return only when every worker has exited.")
+FORCE = click.option("--force", is_flag=True, help="End running jobs at once; they go back to pending.")
+
+
 @cli.command()
 @COUNT
 @RUN_FOR
+@DETACH
 @pass_app
-def start(app: App, count: int | None, timeout: float | None) -> None:
+def start(app: App, count: int | None, timeout: float | None, detach: bool) -> None:
     """Run workers in the foreground until Ctrl+C, SIGTERM or `queuectl stop`.
 
     \b
     Examples:
       queuectl start --count 2             # until stopped
       queuectl start --count 2 --timeout 10
+      queuectl start --count 4 --detach    # in the background
     """
-    _start(app, count, timeout)
+    _start(app, count, timeout, detach)
 
 
 @cli.command()
+@WAIT
+@FORCE
 @pass_app
-def stop(app: App) -> None:
+def stop(app: App, wait: bool, force: bool) -> None:
     """Ask every running `start` to finish its current jobs and exit.
 
     \b
-    Example:
+    Examples:
       queuectl stop
+      queuectl stop --wait
+      queuectl stop --force
     """
-    _stop(app)
+    _stop(app, wait, force)
 
 
 @cli.group()
@@ -229,27 +292,30 @@ def worker() -> None:
 @worker.command("start")
 @COUNT
 @RUN_FOR
+@DETACH
 @pass_app
-def worker_start(app: App, count: int | None, timeout: float | None) -> None:
+def worker_start(app: App, count: int | None, timeout: float | None, detach: bool) -> None:
     """Same as `queuectl start`.
 
     \b
     Example:
       queuectl worker start --count 3
     """
-    _start(app, count, timeout)
+    _start(app, count, timeout, detach)
 
 
 @worker.command("stop")
+@WAIT
+@FORCE
 @pass_app
-def worker_stop(app: App) -> None:
+def worker_stop(app: App, wait: bool, force: bool) -> None:
     """Same as `queuectl stop`.
 
     \b
     Example:
       queuectl worker stop
     """
-    _stop(app)
+    _stop(app, wait, force)
 
 
 @cli.command()
@@ -275,23 +341,93 @@ def status(app: App) -> None:
 
 @cli.command("list")
 @click.option("--state", type=click.Choice(STATES, case_sensitive=False), help="Only jobs in this state.")
+@click.option("--wide", is_flag=True, help="Also show priority, due time, dependencies and last error.")
 @pass_app
-def list_jobs(app: App, state: str | None) -> None:
+def list_jobs(app: App, state: str | None, wide: bool) -> None:
     """List jobs, oldest first.
 
     \b
     Examples:
       queuectl list
       queuectl list --state pending
+      queuectl list --wide
     """
     from tabulate import tabulate
     jobs = app.manager.list_jobs(JobState(state.lower()) if state else None)
     if not jobs:
         click.echo(f"No {state.lower() + ' ' if state else ''}jobs found")
         return
-    rows = [[j.id[:8], _cut(j.command, COMMAND_WIDTH), j.state.value, j.attempts, j.max_retries]
-            for j in jobs]
-    click.echo(tabulate(rows, headers=["ID", "Command", "State", "Attempts", "Max Retries"]))
+    headers = ["ID", "Command", "State", "Attempts", "Max Retries"]
+    rows = [[j.id[:8], _cut(j.command, COMMAND_WIDTH), j.state.value, j.attempts, j.max_retries] for j in jobs]
+    if wide:
+        headers += ["Priority", "Due", "After", "Last Error"]
+        for row, j in zip(rows, jobs):
+            row += [j.priority, _due(j), ",".join(a[:8] for a in j.after), _cut(j.last_error or "", ERROR_WIDTH)]
+    click.echo(tabulate(rows, headers=headers))
+
+
+def _due(job: Any) -> str:
+    if not job.state.runnable:
+        return ""
+    if job.blocked:
+        return "after dependencies"
+    from datetime import datetime
+    if job.due_at <= time.time():
+        return "now"
+    return datetime.fromtimestamp(job.due_at).astimezone().isoformat(timespec="seconds")
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+@pass_app
+def cancel(app: App, job_ids: tuple[str, ...]) -> None:
+    """Move waiting jobs to the DLQ as `Cancelled`; a running one is ended first.
+
+    \b
+    Example:
+      queuectl cancel 08232c92 job1
+    """
+    failures = 0
+    for ref in job_ids:
+        try:
+            job = app.manager.cancel(ref)
+            click.echo(f"Job {job.id} cancelled")
+        except QueuectlError as e:
+            if len(job_ids) == 1:
+                raise
+            click.echo(f"Error: {e}", err=True)
+            failures += 1
+    if failures:
+        sys.exit(EXIT_RUNTIME)
+
+
+def _confirm(yes: bool, question: str) -> None:
+    """Asks on a terminal; without one, refuses unless --yes was given."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError("refusing to delete without confirmation: add --yes")
+    click.confirm(question, abort=True)
+
+
+@cli.command()
+@click.option("--state", required=True, type=click.Choice(["completed", "dead"], case_sensitive=False))
+@click.option("--older-than", metavar="AGE", help="Only jobs finished more than this long ago: 7d, 12h, 30m.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def purge(app: App, state: str, older_than: str | None, yes: bool) -> None:
+    """Delete completed or dead jobs and their output.
+
+    \b
+    Examples:
+      queuectl purge --state completed --older-than 7d --yes
+      queuectl purge --state dead
+    """
+    from .core.job import parse_duration
+    age = parse_duration(older_than, "--older-than") if older_than is not None else None
+    _confirm(yes, f"Delete {state} jobs{' older than ' + older_than if older_than else ''}?")
+    removed = app.manager.purge(JobState(state.lower()), age)
+    click.echo(f"Removed {removed} {state.lower()} job(s)")
 
 
 @cli.group()
@@ -325,17 +461,40 @@ def dlq_list(app: App) -> None:
 
 
 @dlq.command("retry")
-@click.argument("job_id")
+@click.argument("job_id", required=False)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every job in the DLQ.")
 @pass_app
-def dlq_retry(app: App, job_id: str) -> None:
+def dlq_retry(app: App, job_id: str | None, retry_all: bool) -> None:
     """Move a dead job back to pending with its attempts reset (ID or unique prefix).
 
     \b
-    Example:
+    Examples:
       queuectl dlq retry 08232c92
+      queuectl dlq retry --all
     """
+    if retry_all == (job_id is not None):
+        raise click.UsageError("give one job ID or --all")
+    if retry_all:
+        jobs = app.manager.retry_all_dead()
+        click.echo(f"Moved {len(jobs)} job(s) from DLQ to pending queue")
+        return
     job = app.manager.retry_dead(job_id)
     click.echo(f"Job {job.id} moved from DLQ to pending queue")
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def dlq_purge(app: App, yes: bool) -> None:
+    """Delete every job in the DLQ.
+
+    \b
+    Example:
+      queuectl dlq purge --yes
+    """
+    _confirm(yes, "Delete every job in the DLQ?")
+    removed = app.manager.purge(JobState.DEAD)
+    click.echo(f"Removed {removed} dead job(s)")
 
 
 @cli.group(invoke_without_command=True)
@@ -409,7 +568,6 @@ def _num(value: float) -> str:
 
 
 def _uptime(started: float) -> str:
-    import time
     secs = int(max(0, time.time() - started))
     h, rem = divmod(secs, 3600)
     m, s = divmod(rem, 60)

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 
 import pytest
+
 from conftest import wait_for
 
 

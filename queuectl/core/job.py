@@ -20,7 +20,15 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 MAX_RETRIES_LIMIT = 1000
 # Attempt records kept per job; older ones are dropped so a job file stays small.
 MAX_HISTORY = 20
-SPEC_KEYS = frozenset({"id", "command", "max_retries"})
+PRIORITY_LIMIT = 1_000_000
+MAX_DEPENDENCIES = 100
+MAX_UNIQUE_KEY = 256
+# Seconds; a job due later than this is surely a typo (ten years).
+MAX_DELAY = 10 * 365 * 86400
+MAX_TIMEOUT = 30 * 86400
+# due_at of a job waiting for its dependencies: never due until they complete.
+BLOCKED = 32503680000.0  # 3000-01-01
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class JobState(str, Enum):
@@ -88,6 +96,9 @@ class Job:
     finished_at: str | None = None
     worker_id: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    no_retry_on: list[int] | None = None
+    unique_key: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, JobState):
@@ -107,6 +118,11 @@ class Job:
     @property
     def retries_left(self) -> int:
         return self.max_retries + 1 - self.attempts
+
+    @property
+    def blocked(self) -> bool:
+        """Waiting for its dependencies to complete."""
+        return self.due_at >= BLOCKED
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with the changes applied and updated_at set to now."""
@@ -166,7 +182,7 @@ def validate_retries(value: Any) -> int:
 
 
 def parse_spec(text: str) -> dict[str, Any]:
-    """Reads a JSON job spec; returns the checked fields (command, and id/max_retries if given)."""
+    """Reads a JSON job spec; returns its fields, checked (see `check_spec`)."""
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except ValueError as e:
@@ -175,17 +191,96 @@ def parse_spec(text: str) -> dict[str, Any]:
         raise ValidationError("invalid JSON job spec: nested too deeply") from None
     if not isinstance(data, dict):
         raise ValidationError("a JSON job spec must be an object")
-    unknown = sorted(set(data) - SPEC_KEYS)
-    if unknown:
-        raise ValidationError(f"unknown key(s) in job spec: {', '.join(unknown)}")
     if "command" not in data:
         raise ValidationError("job spec has no 'command'")
-    spec: dict[str, Any] = {"command": validate_command(data["command"])}
-    if "id" in data:
-        spec["id"] = validate_id(data["id"])
-    if "max_retries" in data:
-        spec["max_retries"] = validate_retries(data["max_retries"])
+    return check_spec(data)
+
+
+def check_spec(data: dict[str, Any]) -> dict[str, Any]:
+    """Checks job fields given as JSON or as options; unknown keys and wrong types are errors."""
+    unknown = sorted(set(data) - set(SPEC_CHECKS))
+    if unknown:
+        raise ValidationError(f"unknown key(s) in job spec: {', '.join(unknown)}")
+    spec = {key: SPEC_CHECKS[key](value) for key, value in data.items() if value is not None}
+    if "run_at" in spec and "delay" in spec:
+        raise ValidationError("give run_at or delay, not both")
     return spec
+
+
+def validate_priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > PRIORITY_LIMIT:
+        raise ValidationError(f"priority must be a whole number between -{PRIORITY_LIMIT} and {PRIORITY_LIMIT}")
+    return value
+
+
+def validate_run_at(value: Any) -> float:
+    if not isinstance(value, str):
+        raise ValidationError("run_at must be an ISO 8601 time string")
+    try:
+        when = parse_iso(value)
+    except (ValueError, OverflowError, OSError):
+        raise ValidationError(f"run_at '{value}' is not an ISO 8601 time (e.g. 2026-12-01T09:00:00Z)") from None
+    if when > time.time() + MAX_DELAY:
+        raise ValidationError("run_at is more than ten years away")
+    return when
+
+
+def parse_duration(value: Any, what: str = "duration") -> float:
+    """Seconds from a number or a string like 90, 90s, 5m, 2h, 1d, 1w."""
+    if isinstance(value, bool):
+        raise ValidationError(f"{what} must be a number of seconds or like 90s, 5m, 2h, 1d")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*[smhdw]?\s*", value):
+        text = value.strip()
+        unit = text[-1] if text[-1] in DURATION_UNITS else "s"
+        seconds = float(text.rstrip("smhdw").strip()) * DURATION_UNITS[unit]
+    else:
+        raise ValidationError(f"{what} '{value}' must be a number of seconds or like 90s, 5m, 2h, 1d")
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DELAY:
+        raise ValidationError(f"{what} must be between 0 and ten years")
+    return seconds
+
+
+def validate_timeout(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMEOUT:
+        raise ValidationError(f"timeout must be a whole number of seconds from 0 (none) to {MAX_TIMEOUT}")
+    return value
+
+
+def validate_exit_codes(value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
+        raise ValidationError("no_retry_on must be a list of exit codes (0-255)")
+    return sorted(set(value))
+
+
+def validate_after(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError("after must be a list of job ids")
+    if len(value) > MAX_DEPENDENCIES:
+        raise ValidationError(f"a job may wait for at most {MAX_DEPENDENCIES} others")
+    return [validate_id(v.strip()) for v in value]
+
+
+def validate_unique_key(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_UNIQUE_KEY or "\x00" in value:
+        raise ValidationError(f"unique_key must be a non-empty string of at most {MAX_UNIQUE_KEY} characters")
+    return value
+
+
+SPEC_CHECKS = {
+    "id": validate_id,
+    "command": validate_command,
+    "max_retries": validate_retries,
+    "priority": validate_priority,
+    "run_at": validate_run_at,
+    "delay": lambda v: parse_duration(v, "delay"),
+    "timeout": validate_timeout,
+    "no_retry_on": validate_exit_codes,
+    "after": validate_after,
+    "unique_key": validate_unique_key,
+}
 
 
 def _reject_constant(name: str) -> Any:

@@ -4,26 +4,34 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .errors import ConflictError, InvalidStateError, JobNotFoundError, ValidationError
 from .job import (
+    BLOCKED,
     MAX_HISTORY,
     Job,
     JobState,
     backoff_delay,
+    check_spec,
     is_spec,
     now_iso,
+    parse_duration,
+    parse_iso,
     parse_spec,
     validate_command,
     validate_id,
-    validate_retries,
 )
 from .storage import ManagerInfo, Storage
 from .utils.config import Config, validate_assignment
 
 log = logging.getLogger(__name__)
 
+# A unique key stays taken while its job is in one of these states.
+LIVE_STATES = (JobState.PENDING, JobState.FAILED, JobState.PROCESSING)
+# Trimming by count starts once there are this much more completed jobs than kept, so it runs
+# in batches rather than on every completion.
+TRIM_SLACK = 1.1
 # How many candidates an ambiguous id error names before "...".
 AMBIGUOUS_SHOWN = 5
 
@@ -35,6 +43,7 @@ class Outcome:
     exit_code: int | None
     error: str | None = None
     timed_out: bool = False
+    cancelled: bool = False
     started: float = 0.0
     finished: float = 0.0
 
@@ -67,23 +76,76 @@ class QueueManager:
         return key, value
 
     # -- enqueue -------------------------------------------------------------------------
-    def build_job(self, text: str, max_retries: int | None = None) -> Job:
-        """A new job from a command line or a JSON spec; ValidationError if it is malformed."""
-        if is_spec(text):
-            spec = parse_spec(text)
-        else:
-            spec = {"command": validate_command(text)}
-        if max_retries is not None:
-            spec["max_retries"] = validate_retries(max_retries)
-        return Job.new(spec["command"], spec.get("max_retries", self.config.max_retries),
-                       job_id=spec.get("id"))
+    def build_job(self, text: str, max_retries: int | None = None, **options: Any) -> Job:
+        """A new job from a command line or a JSON spec, plus options that override the spec.
 
-    def enqueue(self, text: str, max_retries: int | None = None) -> Job:
-        job = self.build_job(text, max_retries)
-        self.storage.add(job)
+        ValidationError if anything is malformed. Dependencies are not looked up here.
+        """
+        spec = parse_spec(text) if is_spec(text) else {"command": validate_command(text)}
+        given = {k: v for k, v in options.items() if v is not None}
+        if max_retries is not None:
+            given["max_retries"] = max_retries
+        spec.update(check_spec(given))
+        if "run_at" in spec and "delay" in spec:
+            raise ValidationError("give run_at or delay, not both")
+        job = Job.new(spec["command"], spec.get("max_retries", self.config.max_retries),
+                      job_id=spec.get("id"), priority=spec.get("priority", 0), timeout=spec.get("timeout"),
+                      no_retry_on=spec.get("no_retry_on"), after=spec.get("after", []),
+                      unique_key=spec.get("unique_key"))
+        if "run_at" in spec:
+            job.due_at = spec["run_at"]
+        elif "delay" in spec:
+            job.due_at = time.time() + spec["delay"]
+        return job
+
+    def enqueue(self, text: str, max_retries: int | None = None, **options: Any) -> Job:
+        return self.submit(text, max_retries, **options)[0]
+
+    def submit(self, text: str, max_retries: int | None = None, **options: Any) -> tuple[Job, bool]:
+        """Stores a new job; (job, True) if a unique key found a live job already queued instead."""
+        job = self.build_job(text, max_retries, **options)
+        if job.after:
+            job.after = [self.resolve(ref).id for ref in job.after]
+            if job.id in job.after:
+                raise ValidationError("a job cannot wait for itself")
+        if job.unique_key:
+            existing = self._reserve_unique(job)
+            if existing is not None:
+                return existing, True
+        if job.after:
+            self._add_with_dependencies(job)
+        else:
+            self.storage.add(job)
         self.storage.notify_work()
         log.debug("Job %s enqueued: %s", job.id, job.command)
-        return job
+        return self.storage.get(job.id) or job, False
+
+    def _reserve_unique(self, job: Job) -> Job | None:
+        """Gives the job its unique key, or returns the live job that holds it."""
+        assert job.unique_key is not None
+        while True:
+            holder = self.storage.unique_holder(job.unique_key)
+            current = self.storage.get(holder) if holder else None
+            if current is not None and current.state in LIVE_STATES:
+                return current
+            if self.storage.reserve_unique(job.unique_key, job.id, holder):
+                return None
+
+    def _add_with_dependencies(self, job: Job) -> None:
+        deps = {ref: self.storage.get(ref) for ref in job.after}
+        failed = [ref for ref, dep in deps.items() if dep is not None and dep.state is JobState.DEAD]
+        if failed:
+            job.state, job.last_error = JobState.DEAD, f"Dependency {failed[0]} failed"
+            self.storage.add(job)
+            return
+        if all(dep is not None and dep.state is JobState.COMPLETED for dep in deps.values()):
+            self.storage.add(job)
+            return
+        job.due_at = BLOCKED
+        for ref in job.after:  # recorded first, so a dependency finishing meanwhile still sees us
+            self.storage.add_dependant(ref, job.id)
+        self.storage.add(job)
+        self._settle(job.id)  # a dependency may have finished while we were adding
 
     def enqueue_many(self, texts: Iterable[str]) -> list[Job]:
         """All or nothing: every spec is checked before the first is stored; blank lines are skipped."""
@@ -94,6 +156,8 @@ class QueueManager:
                 continue
             try:
                 job = self.build_job(text)
+                if job.after or job.unique_key:
+                    raise ValidationError("'after' and 'unique_key' need one enqueue per job, not --file")
             except ValidationError as e:
                 raise ValidationError(f"line {n}: {e}") from None
             if job.id in seen:
@@ -136,12 +200,18 @@ class QueueManager:
         return self.storage.managers()
 
     # -- running -------------------------------------------------------------------------
-    def claim(self, owner: str) -> Job | None:
-        """Takes the next due job for `owner` and records the attempt's start."""
+    def claim(self, owner: str, before_start: Callable[[], None] | None = None) -> Job | None:
+        """Takes the next due job for `owner` and records the attempt's start.
+
+        `before_start` runs between taking the job and recording its start (the rate limit waits
+        there, so `started_at` is the real start).
+        """
         while True:
             job = self.storage.claim(owner, time.time())
             if job is None:
                 return None
+            if before_start is not None:
+                before_start()
             started = job.evolve(attempts=job.attempts + 1, started_at=now_iso(), finished_at=None,
                                  worker_id=owner)
             try:
@@ -156,9 +226,11 @@ class QueueManager:
         history = (job.history + [entry])[-MAX_HISTORY:]
         common: dict[str, Any] = {"finished_at": entry["finished_at"], "history": history,
                                   "exit_code": outcome.exit_code}
+        no_retry = job.no_retry_on if job.no_retry_on is not None else self.config.no_retry_on
         if outcome.ok:
             new = job.evolve(state=JobState.COMPLETED, last_error=None, **common)
-        elif job.attempts > job.max_retries:
+        elif outcome.cancelled or job.attempts > job.max_retries or (
+                not outcome.timed_out and outcome.exit_code in no_retry):
             new = job.evolve(state=JobState.DEAD, last_error=outcome.error, **common)
         else:
             cfg = self.config
@@ -166,7 +238,46 @@ class QueueManager:
             new = job.evolve(state=JobState.FAILED, last_error=outcome.error,
                              due_at=time.time() + delay, **common)
         self.storage.update(job, new)
+        if new.state in (JobState.COMPLETED, JobState.DEAD):
+            self._settle_dependants(job.id)
         return new
+
+    # -- dependencies --------------------------------------------------------------------
+    def _settle_dependants(self, job_id: str) -> None:
+        for dependant in self.storage.dependants(job_id):
+            self._settle(dependant)
+
+    def _settle(self, job_id: str) -> None:
+        """Unblocks a waiting job whose dependencies all completed, or fails it if one died."""
+        for _ in range(3):  # a conflict means someone else moved it: look again
+            job = self.storage.get(job_id)
+            if job is None or job.state is not JobState.PENDING or not job.blocked:
+                return
+            deps = [self.storage.get(ref) for ref in job.after]
+            dead = next((ref for ref, d in zip(job.after, deps) if d is not None and d.state is JobState.DEAD), None)
+            try:
+                if dead is not None:
+                    self.storage.update(job, job.evolve(state=JobState.DEAD, last_error=f"Dependency {dead} failed",
+                                                        finished_at=now_iso()))
+                    self._settle_dependants(job.id)
+                elif all(d is None or d.state is JobState.COMPLETED for d in deps):
+                    self.storage.update(job, job.evolve(due_at=time.time()))
+                    self.storage.notify_work()
+                return
+            except ConflictError:
+                continue
+
+    def _revive_dependants(self, job_id: str) -> None:
+        """A dependency left the DLQ: jobs that died because of it wait for it again."""
+        for ref in self.storage.dependants(job_id):
+            job = self.storage.get(ref)
+            if job is not None and job.state is JobState.DEAD and job.last_error == f"Dependency {job_id} failed":
+                try:
+                    self.storage.update(job, job.evolve(state=JobState.PENDING, due_at=BLOCKED, last_error=None))
+                except ConflictError:
+                    continue
+                self._revive_dependants(job.id)
+                self._settle(job.id)
 
     def release(self, job: Job, reason: str) -> Job:
         """Puts an interrupted job back as pending; the cut-short attempt does not count."""
@@ -188,6 +299,8 @@ class QueueManager:
         recovered = self.storage.recover(self.orphan_rule)
         for job in recovered:
             log.warning("Recovered job %s from a dead worker: now %s", job.id, job.state.value)
+            if job.state is JobState.DEAD:
+                self._settle_dependants(job.id)
         return recovered
 
     @staticmethod
@@ -207,25 +320,112 @@ class QueueManager:
         return job.evolve(state=JobState.PENDING, last_error=error, history=history,
                           due_at=time.time(), worker_id=None)
 
-    # -- the DLQ -------------------------------------------------------------------------
-    def retry_dead(self, ref: str) -> Job:
-        job = self.resolve(ref)
+    # -- the DLQ and cleanup -------------------------------------------------------------
+    def retry_dead(self, ref: str | Job) -> Job:
+        job = ref if isinstance(ref, Job) else self.resolve(ref)
         if job.state is not JobState.DEAD:
             raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
         new = job.evolve(state=JobState.PENDING, attempts=0, due_at=time.time(), worker_id=None)
+        if job.after:
+            new.due_at = BLOCKED
         try:
             self.storage.update(job, new)
         except ConflictError:
             raise InvalidStateError(f"job {job.id} left the DLQ while we retried it") from None
+        if job.after:
+            self._settle(job.id)
+        self._revive_dependants(job.id)
         self.storage.notify_work()
         return new
 
-    def request_stop(self) -> list[ManagerInfo]:
+    def retry_all_dead(self) -> list[Job]:
+        retried = []
+        for job in self.list_jobs(JobState.DEAD):
+            try:
+                retried.append(self.retry_dead(job))
+            except InvalidStateError:
+                continue  # moved meanwhile (another retry, a revived dependant)
+        return retried
+
+    def cancel(self, ref: str, wait: float = 10.0) -> Job:
+        """Moves a waiting job to the DLQ as `Cancelled`; a running one is ended first."""
+        job = self.resolve(ref)
+        if job.state in (JobState.COMPLETED, JobState.DEAD):
+            raise InvalidStateError(f"job {job.id} is already {job.state.value}")
+        if job.state is JobState.PROCESSING:
+            self.storage.request_cancel(job.id)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                current = self.storage.get(job.id)
+                if current is None or current.state is not JobState.PROCESSING:
+                    break
+                time.sleep(0.05)
+            self.storage.clear_cancel(job.id)
+            current = self.storage.get(job.id)
+            if current is None or current.state is JobState.PROCESSING:
+                raise InvalidStateError(f"job {job.id} did not stop within {wait:.0f}s")
+            if current.state is JobState.DEAD:
+                return current
+            job = current
+            if job.state is JobState.COMPLETED:
+                raise InvalidStateError(f"job {job.id} completed before it could be cancelled")
+        new = job.evolve(state=JobState.DEAD, last_error="Cancelled", finished_at=now_iso(), worker_id=None)
+        try:
+            self.storage.update(job, new)
+        except ConflictError:
+            raise InvalidStateError(f"job {job.id} changed while we cancelled it; try again") from None
+        self._settle_dependants(job.id)
+        return new
+
+    def purge(self, state: JobState, older_than: float | None = None) -> int:
+        """Deletes completed or dead jobs (finished more than `older_than` seconds ago)."""
+        if state not in (JobState.COMPLETED, JobState.DEAD):
+            raise ValidationError("only completed or dead jobs can be purged")
+        cutoff = time.time() - older_than if older_than is not None else None
+        removed = 0
+        for job in self.list_jobs(state):
+            if cutoff is not None and _finished(job) > cutoff:
+                continue
+            try:
+                self.storage.delete(job)
+                removed += 1
+            except ConflictError:
+                continue
+        return removed
+
+    def trim_completed(self) -> int:
+        """Applies `keep_completed`: a count of jobs to keep, or an age like 7d; 0 keeps all."""
+        keep = self.config.keep_completed
+        if not keep:
+            return 0
+        if isinstance(keep, str):
+            return self.purge(JobState.COMPLETED, parse_duration(keep, "keep_completed"))
+        count = self.counts()[JobState.COMPLETED]
+        if count <= keep * TRIM_SLACK:
+            return 0
+        jobs = sorted(self.list_jobs(JobState.COMPLETED), key=_finished)
+        removed = 0
+        for job in jobs[: max(0, len(jobs) - keep)]:
+            try:
+                self.storage.delete(job)
+                removed += 1
+            except ConflictError:
+                continue
+        return removed
+
+    def request_stop(self, force: bool = False) -> list[ManagerInfo]:
         """Asks every running manager to stop; returns those that were running."""
         running = self.managers()
         if running:
-            self.storage.request_stop()
+            self.storage.request_stop(force)
         return running
+
+
+def _finished(job: Job) -> float:
+    try:
+        return parse_iso(job.finished_at or job.updated_at)
+    except ValueError:
+        return 0.0
 
 
 def _attempt_entry(job: Job, outcome: Outcome) -> dict[str, Any]:

@@ -207,6 +207,12 @@ class Storage(ABC):
         base = os.path.join(folder, f"{job_id}.{attempt}")
         return base + ".out", base + ".err"
 
+    def log_dir(self) -> str:
+        """A private folder for the logs of background managers. Default: a temp folder."""
+        folder = os.path.join(tempfile.gettempdir(), f"queuectl-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        return folder
+
     # -- wake-ups ------------------------------------------------------------------------
     def wait_for_work(self, owner: str, timeout: float) -> None:
         """Blocks up to `timeout` seconds or until new work may be there. Default: sleeps."""

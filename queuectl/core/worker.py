@@ -32,6 +32,8 @@ KILL_GRACE = 2.0
 # The supervisor looks for dead workers, stop requests and orphaned jobs this often.
 SUPERVISE_INTERVAL = 0.1
 RECOVER_INTERVAL = 1.0
+# Completed jobs beyond `keep_completed` are removed this often.
+TRIM_INTERVAL = 60.0
 # A worker that dies this soon after it started is restarted only after this delay, so a
 # broken environment does not become a fork loop.
 RESPAWN_BACKOFF = 1.0
@@ -89,7 +91,7 @@ class Worker:
     def run_once(self) -> bool:
         """Claims one due job, runs it and records the result; False when nothing was due."""
         self.register()
-        job = self.manager.claim(self.owner)
+        job = self.manager.claim(self.owner, self._wait_for_start_slot)
         if job is None:
             return False
         log.info("Job %s started on %s (attempt %d of %d): %s", job.id, self.name, job.attempts,
@@ -106,6 +108,8 @@ class Worker:
             return True
         if outcome.ok:
             log.info("Job %s completed in %.2fs", job.id, outcome.finished - outcome.started)
+        elif outcome.cancelled:
+            log.warning("Job %s cancelled; moved to the DLQ", job.id)
         elif done.state.value == "dead":
             log.warning("Job %s failed (%s); moved to the DLQ after %d attempt(s)", job.id,
                         outcome.error, done.attempts)
@@ -113,6 +117,15 @@ class Worker:
             log.warning("Job %s failed (%s); retry in %.0fs", job.id, outcome.error,
                         max(0.0, done.due_at - time.time()))
         return True
+
+    def _wait_for_start_slot(self) -> None:
+        """Honours `rate_limit`, shared by every worker of the store."""
+        rate = self.manager.config.rate_limit
+        while rate and not self.force_event.is_set():
+            wait = self.storage.take_start_slot(rate, time.time())
+            if wait <= 0:
+                return
+            time.sleep(min(wait, 1.0))
 
     def execute(self, job: Job) -> Outcome | None:
         """Runs the command; None if a forced stop cut it short."""
@@ -129,13 +142,16 @@ class Worker:
                            started=started, finished=time.time())
         self.storage.note_running(self.owner, proc.pid)
         try:
-            timed_out = self._wait(proc, timeout)
+            ended = self._wait(proc, timeout, job.id)
         finally:
             self.storage.note_running(self.owner, None)
         finished = time.time()
-        if timed_out is None:
+        if ended == "forced":
             return None
-        if timed_out:
+        timed_out = ended == "timeout"
+        if ended == "cancelled":
+            error = "Cancelled"
+        elif timed_out:
             error = f"Timed out after {timeout}s"
         elif proc.returncode == 0:
             error = None
@@ -147,26 +163,29 @@ class Worker:
         _remove_if_empty(out_path)
         _remove_if_empty(err_path)
         return Outcome(exit_code=proc.returncode, error=error, timed_out=timed_out,
-                       started=started, finished=finished)
+                       cancelled=ended == "cancelled", started=started, finished=finished)
 
-    def _wait(self, proc: subprocess.Popen, timeout: float) -> bool | None:
-        """Waits for the command: False when it exited, True on timeout, None on forced stop."""
+    def _wait(self, proc: subprocess.Popen, timeout: float, job_id: str) -> str:
+        """Waits for the command: 'exited', or 'timeout', 'cancelled', 'forced' after ending it."""
         deadline = time.monotonic() + timeout if timeout else None
         while True:
             step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
             try:
                 proc.wait(timeout=step)
-                return False
+                return "exited"
             except subprocess.TimeoutExpired:
                 pass
             if self.force_event.is_set():
-                kill_group(proc.pid, KILL_GRACE, proc)
-                proc.wait()
-                return None
-            if deadline is not None and time.monotonic() >= deadline:
-                kill_group(proc.pid, KILL_GRACE, proc)
-                proc.wait()
-                return True
+                reason = "forced"
+            elif deadline is not None and time.monotonic() >= deadline:
+                reason = "timeout"
+            elif self.storage.cancel_requested(job_id):
+                reason = "cancelled"
+            else:
+                continue
+            kill_group(proc.pid, KILL_GRACE, proc)
+            proc.wait()
+            return reason
 
 
 def _last_line(path: str) -> str:
@@ -264,7 +283,7 @@ class WorkerPool:
         self.started_at[index] = time.monotonic()
 
     def _supervise(self, begin: float) -> None:
-        last_recover = time.monotonic()
+        last_recover = last_trim = time.monotonic()
         respawn_at: dict[int, float] = {}
         while True:
             if self.signals >= 2 and not self.force_event.is_set():
@@ -291,6 +310,9 @@ class WorkerPool:
             if time.monotonic() - last_recover >= RECOVER_INTERVAL:
                 last_recover = time.monotonic()
                 self._recover()
+            if time.monotonic() - last_trim >= TRIM_INTERVAL:
+                last_trim = time.monotonic()
+                self._trim()
             time.sleep(SUPERVISE_INTERVAL)
 
     def _should_stop(self, begin: float) -> bool:
@@ -300,10 +322,24 @@ class WorkerPool:
         if self.duration is not None and time.time() - begin >= self.duration:
             log.info("Run time of %ss is over: finishing running jobs, then stopping", _fmt(self.duration))
             return True
-        if self.storage.stop_requested(begin):
+        mode = self.storage.stop_requested(begin)
+        if mode == "force":
+            log.warning("Forced stop requested: ending running jobs and returning them to pending")
+            self.force_event.set()
+            return True
+        if mode:
             log.info("Stop requested: finishing running jobs, then stopping")
             return True
         return False
+
+    def _trim(self) -> None:
+        try:
+            removed = self.manager.trim_completed()
+        except QueuectlError as e:
+            log.error("Trimming completed jobs failed: %s", e)
+            return
+        if removed:
+            log.info("Removed %d old completed job(s) (keep_completed)", removed)
 
     def _recover(self) -> None:
         try:

@@ -439,6 +439,10 @@ class JsonStorage(Storage):
             if lock is not None:
                 lock.release(remove=True)
 
+    def log_dir(self) -> str:
+        self._ensure()
+        return self._p("logs")
+
     def output_paths(self, job_id: str, attempt: int) -> tuple[str, str]:
         base = self._p("logs", f"{job_id}.{attempt}")
         return base + ".out", base + ".err"

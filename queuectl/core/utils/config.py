@@ -7,6 +7,7 @@ but not stored: it names the store, so it is chosen with ``--storage-path`` or
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 class Setting:
     key: str
     default: Any
-    kind: type
+    kind: Any
     low: float | None
     high: float | None
     help: str
@@ -47,6 +48,13 @@ SETTINGS: dict[str, Setting] = {
         Setting("log_level", "INFO", str, None, None, "DEBUG, INFO, WARNING or ERROR"),
         # Idle workers look for due jobs this often when nothing wakes them earlier.
         Setting("poll_interval", 0.2, float, 0.01, 60, "seconds between looks for work when idle"),
+        # Exit codes that mean "retrying will not help" (e.g. 2 for a usage error); none by default.
+        Setting("no_retry_on", [], list, 0, 255, "exit codes that go straight to the DLQ, e.g. 2,64"),
+        # Unlimited by default; a limit protects a downstream service from a burst.
+        Setting("rate_limit", 0, float, 0, 100000, "job starts per second across all workers (0 = no limit)"),
+        # Ten thousand finished jobs are plenty of history and stay fast to list.
+        Setting("keep_completed", 10000, "count_or_age", 0, 10**9,
+                "completed jobs kept: a count, or an age like 7d (0 = keep all)"),
     )
 }
 
@@ -84,6 +92,10 @@ def parse_value(key: str, raw: Any) -> Any:
         return value
     if s.kind is str:
         return str(raw)
+    if s.kind is list:
+        return _exit_codes(key, raw)
+    if s.kind == "count_or_age":
+        return _count_or_age(key, raw)
     if isinstance(raw, bool):
         raise ConfigError(f"{key} must be a number, not {raw!r}")
     value = _number(str(raw).strip(), s.kind) if isinstance(raw, str) else raw
@@ -100,7 +112,30 @@ def parse_value(key: str, raw: Any) -> Any:
     return value
 
 
+def _exit_codes(key: str, raw: Any) -> list[int]:
+    items = raw if isinstance(raw, list) else [p for p in str(raw).replace(" ", "").split(",") if p]
+    codes = []
+    for item in items:
+        if isinstance(item, bool) or not (isinstance(item, int) or str(item).isdigit()) or not 0 <= int(item) <= 255:
+            raise ConfigError(f"{key} must be a comma-separated list of exit codes 0-255, not '{raw}'")
+        codes.append(int(item))
+    return sorted(set(codes))
+
+
+def _count_or_age(key: str, raw: Any) -> int | str:
+    text = str(raw).strip().lower()
+    if text.isdigit() and not isinstance(raw, bool):
+        if int(text) > 10**9:
+            raise ConfigError(f"{key} must be at most 1000000000")
+        return int(text)
+    if len(text) > 1 and text[:-1].isdigit() and text[-1] in "smhdw":
+        return text
+    raise ConfigError(f"{key} must be a count (e.g. 10000) or an age (e.g. 7d), not '{raw}'")
+
+
 def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -110,7 +145,7 @@ class Config:
     """The effective settings: defaults overlaid with what the store holds."""
 
     def __init__(self, stored: dict[str, Any] | None = None, storage_path: str = DEFAULT_STORAGE_PATH):
-        self.values: dict[str, Any] = {k: s.default for k, s in SETTINGS.items()}
+        self.values: dict[str, Any] = {k: copy.copy(s.default) for k, s in SETTINGS.items()}
         for key, raw in (stored or {}).items():
             if key in SETTINGS and key not in READ_ONLY:
                 self.values[key] = parse_value(key, raw)

@@ -25,6 +25,7 @@ def spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] | int) 
 
 
 def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (zombies waiting for a reaper do not count)."""
     if not POSIX:
         return pid_alive(pgid)
     try:
@@ -33,7 +34,26 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return _group_has_live_member(pgid)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    """Linux: looks past zombies, which an init that does not reap would keep forever."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True  # no /proc: trust killpg
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -84,3 +104,18 @@ def describe_exit(returncode: int) -> str:
             name = "unknown"
         return f"Killed by signal {-returncode} ({name})"
     return f"Exit code {returncode}"
+
+
+def spawn_detached(argv: list[str], log_path: str) -> int:
+    """Starts a process that outlives us, in its own session, its output appended to a log file."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": fd, "stderr": fd, "close_fds": True}
+        if POSIX:
+            kwargs["start_new_session"] = True
+        else:
+            kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+                                       | subprocess.DETACHED_PROCESS)  # type: ignore[attr-defined]
+        return subprocess.Popen(argv, **kwargs).pid
+    finally:
+        os.close(fd)

@@ -1,0 +1,313 @@
+"""Scheduling and control: priority, due times, per-job timeouts, exit-code rules, dependencies,
+unique keys, cancel, cleanup, rate limits, background managers and forced stops."""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from datetime import datetime
+
+import pytest
+
+from queuectl.core.errors import InvalidStateError, ValidationError
+from queuectl.core.job import JobState
+from queuectl.core.queue import Outcome
+from queuectl.core.worker import Worker
+
+from conftest import queuectl_command, wait_for
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture
+def worker(manager):
+    w = Worker(manager, "worker-1")
+    yield w
+    w.unregister()
+
+
+def drain(worker) -> None:
+    while worker.run_once():
+        pass
+
+
+# -- priority and due times ------------------------------------------------------------------
+def test_higher_priority_runs_first_fifo_within_a_priority(manager, worker):
+    for name, prio in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", -1)]:
+        manager.enqueue(f'{{"id":"{name}","command":"true","priority":{prio}}}')
+    drain(worker)
+    done = sorted(manager.list_jobs(JobState.COMPLETED), key=lambda j: j.started_at)
+    assert [j.id for j in done] == ["b", "d", "a", "c", "e"]
+
+
+def test_delayed_and_scheduled_jobs_never_run_early(manager, worker):
+    later = manager.enqueue("true", delay="1h")
+    at = manager.enqueue("true", run_at="2035-01-01T00:00:00Z")
+    past = manager.enqueue("true", run_at="2000-01-01T00:00:00")
+    drain(worker)
+    assert manager.storage.get(past.id).state is JobState.COMPLETED
+    assert manager.storage.get(later.id).state is JobState.PENDING
+    assert manager.storage.get(at.id).state is JobState.PENDING
+    assert manager.storage.get(later.id).due_at == pytest.approx(time.time() + 3600, abs=5)
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ({"delay": 90}, 90), ({"delay": "90s"}, 90), ({"delay": "5m"}, 300), ({"delay": "2h"}, 7200),
+    ({"delay": "1d"}, 86400)])
+def test_delay_forms(manager, spec, expected):
+    job = manager.enqueue(json.dumps({"command": "true", **spec}))
+    assert job.due_at - time.time() == pytest.approx(expected, abs=5)
+
+
+@pytest.mark.parametrize("options", [{"delay": "soon"}, {"delay": -5}, {"run_at": "tomorrow"},
+                                     {"run_at": "2026-01-01", "delay": "5m"}, {"priority": 10**9},
+                                     {"timeout": -1}, {"no_retry_on": [256]}, {"after": ["../x"]},
+                                     {"unique_key": ""}])
+def test_bad_scheduling_options_are_refused(manager, options):
+    with pytest.raises(ValidationError):
+        manager.enqueue("true", **options)
+    assert sum(manager.counts().values()) == 0
+
+
+def test_a_scheduled_job_is_not_run_early_under_busy_workers(proc, tmp_path):
+    for _ in range(4):
+        proc.enqueue("sleep 1")
+    job = proc.enqueue("true", "--delay", "3s")
+    created = time.time()
+    run = proc.popen("start", "--count", "4")
+    try:
+        assert wait_for(lambda: proc.manager().storage.get(job).state is JobState.COMPLETED, timeout=30)
+    finally:
+        proc("stop")
+        run.wait(timeout=30)
+    started = epoch(proc.manager().storage.get(job).started_at)
+    assert started >= created + 3 - 0.05
+    assert started <= created + 3 + 1.5, "an idle worker should run a due job within a second"
+
+
+# -- per-job timeout and exit-code rules ---------------------------------------------------
+def test_a_per_job_timeout_overrides_the_default(manager, worker):
+    manager.set_config("job_timeout", "30")
+    job = manager.enqueue("sleep 5", timeout=1, max_retries=0)
+    started = time.monotonic()
+    drain(worker)
+    assert time.monotonic() - started < 4
+    assert manager.storage.get(job.id).last_error == "Timed out after 1s"
+
+
+def test_timeout_zero_means_none(manager, worker):
+    manager.set_config("job_timeout", "1")
+    job = manager.enqueue("sleep 1.5", timeout=0)
+    drain(worker)
+    assert manager.storage.get(job.id).state is JobState.COMPLETED
+
+
+def test_no_retry_on_sends_the_job_straight_to_the_dlq(manager, worker):
+    job = manager.enqueue("exit 64", max_retries=5, no_retry_on=[2, 64])
+    other = manager.enqueue("exit 3", max_retries=5, no_retry_on=[2, 64])
+    drain(worker)
+    dead = manager.storage.get(job.id)
+    assert dead.state is JobState.DEAD and dead.attempts == 1
+    assert manager.storage.get(other.id).state is JobState.FAILED
+
+
+def test_the_configured_no_retry_on_is_the_default(manager, worker):
+    manager.set_config("no_retry_on", "2")
+    job = manager.enqueue("exit 2", max_retries=5)
+    drain(worker)
+    assert manager.storage.get(job.id).state is JobState.DEAD
+
+
+# -- dependencies ----------------------------------------------------------------------------
+def test_a_dependant_waits_then_runs(manager, worker):
+    first = manager.enqueue("true", delay="1h")
+    second = manager.enqueue("true", after=[first.id[:8]])
+    assert second.after == [first.id] and second.blocked
+    drain(worker)
+    assert manager.storage.get(second.id).state is JobState.PENDING
+    current = manager.storage.get(first.id)
+    manager.storage.update(current, current.evolve(due_at=time.time()))
+    drain(worker)
+    assert manager.storage.get(second.id).state is JobState.COMPLETED
+
+
+def test_a_failed_dependency_fails_the_chain_and_a_retry_revives_it(manager, worker):
+    first = manager.enqueue("exit 1", max_retries=0)
+    second = manager.enqueue("true", after=[first.id])
+    third = manager.enqueue("true", after=[second.id])
+    drain(worker)
+    assert manager.storage.get(second.id).last_error == f"Dependency {first.id} failed"
+    assert manager.storage.get(third.id).last_error == f"Dependency {second.id} failed"
+    manager.retry_dead(first.id)
+    for job in (second, third):
+        back = manager.storage.get(job.id)
+        assert back.state is JobState.PENDING and back.blocked
+
+
+def test_enqueue_after_a_completed_job_runs_at_once_and_after_a_dead_one_dies(manager, worker):
+    ok = manager.enqueue("true")
+    bad = manager.enqueue("false", max_retries=0)
+    drain(worker)
+    assert not manager.enqueue("true", after=[ok.id]).blocked
+    assert manager.enqueue("true", after=[bad.id]).state is JobState.DEAD
+
+
+@pytest.mark.slow
+def test_a_chain_of_50_runs_in_order_on_4_workers(proc, tmp_path):
+    marker = tmp_path / "marker"
+    previous = None
+    for i in range(50):
+        extra = ["--after", previous] if previous else []
+        previous = proc.enqueue(f"echo {i} >> {marker}", *extra)
+    run = proc.popen("start", "--count", "4")
+    try:
+        assert wait_for(lambda: proc.counts()["completed"] == 50, timeout=60)
+    finally:
+        proc("stop")
+        run.wait(timeout=30)
+    assert marker.read_text().split() == [str(i) for i in range(50)]
+
+
+# -- unique keys ------------------------------------------------------------------------------
+def test_a_unique_key_adds_nothing_while_the_job_is_live(manager, worker):
+    first, existing = manager.submit("true", unique_key="nightly")
+    again, existing_again = manager.submit("echo other", unique_key="nightly")
+    assert not existing and existing_again and again.id == first.id
+    drain(worker)
+    third, existing3 = manager.submit("true", unique_key="nightly")
+    assert not existing3 and third.id != first.id  # the first one completed: the key is free
+
+
+def test_concurrent_enqueues_with_one_unique_key_add_one_job(proc):
+    procs = [subprocess.Popen(queuectl_command() + ["enqueue", "true", "--unique-key", "k"], env=proc.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum("Job enqueued successfully!" in out for out, _ in outs) == 1
+    assert sum("Job already queued" in out for out, _ in outs) == 7
+    assert proc.counts()["pending"] == 1
+
+
+# -- cancel and cleanup -------------------------------------------------------------------------
+def test_cancel_a_waiting_job_then_retry_it(manager):
+    job = manager.enqueue("true")
+    cancelled = manager.cancel(job.id)
+    assert cancelled.state is JobState.DEAD and cancelled.last_error == "Cancelled"
+    assert manager.retry_dead(job.id).state is JobState.PENDING
+    manager.cancel(job.id)
+    with pytest.raises(InvalidStateError, match="already dead"):
+        manager.cancel(job.id)
+
+
+def test_cancel_a_running_job_ends_its_process_group(manager, worker, tmp_path):
+    job = manager.enqueue(f"sleep 30; touch {tmp_path / 'ran'}", timeout=0)
+    t = threading.Thread(target=worker.run_once)
+    t.start()
+    assert wait_for(lambda: manager.storage.get(job.id).state is JobState.PROCESSING, timeout=10)
+    cancelled = manager.cancel(job.id)
+    t.join(10)
+    assert cancelled.state is JobState.DEAD and cancelled.last_error == "Cancelled"
+    assert not (tmp_path / "ran").exists()
+
+
+def test_cancel_through_the_cli(proc):
+    job = proc.enqueue("true")
+    assert f"Job {job} cancelled" in proc("cancel", job[:8]).stdout
+    assert proc("cancel", job, check=False).returncode == 1
+
+
+def test_dlq_retry_all_and_purge(manager):
+    for _ in range(3):
+        manager.cancel(manager.enqueue("true").id)
+    assert len(manager.retry_all_dead()) == 3
+    for job in manager.list_jobs():
+        manager.cancel(job.id)
+    assert manager.purge(JobState.DEAD) == 3
+    assert sum(manager.counts().values()) == 0
+
+
+def test_purge_older_than(manager, worker):
+    manager.enqueue("true")
+    drain(worker)
+    assert manager.purge(JobState.COMPLETED, older_than=3600) == 0
+    assert manager.purge(JobState.COMPLETED, older_than=0) == 1
+
+
+def test_purge_without_a_terminal_needs_yes(proc):
+    proc.enqueue("true")
+    refused = proc("purge", "--state", "completed", check=False, input="")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert "Removed 0 dead job(s)" in proc("dlq", "purge", "--yes").stdout
+
+
+def test_keep_completed_trims_the_oldest(manager, worker):
+    manager.set_config("keep_completed", "3")
+    for _ in range(6):
+        manager.enqueue("true")
+    drain(worker)
+    assert manager.trim_completed() == 3
+    assert manager.counts()[JobState.COMPLETED] == 3
+
+
+# -- rate limit, background managers, forced stop --------------------------------------------
+@pytest.mark.slow
+def test_a_rate_limit_of_5_per_second_holds_across_4_workers(proc):
+    proc("config", "set", "rate_limit", "5")
+    proc("enqueue", "--file", "-", input="\n".join(['{"command":"true"}'] * 51))
+    runs = [proc.popen("start", "--count", "2") for _ in range(2)]
+    try:
+        assert wait_for(lambda: proc.counts()["completed"] == 51, timeout=40)
+    finally:
+        proc("stop")
+        for run in runs:
+            run.wait(timeout=30)
+    starts = sorted(epoch(j.started_at) for j in proc.manager().list_jobs())
+    rate = (len(starts) - 1) / (starts[-1] - starts[0])
+    assert 4.5 <= rate <= 5.5, rate
+    assert all(b - a >= 0.15 for a, b in zip(starts, starts[1:])), "starts are spaced, not bursts"
+
+
+def test_detach_then_stop_wait(proc):
+    out = proc("start", "--count", "1", "--detach").stdout
+    assert "Started worker manager in the background (pid" in out and "Log: " in out
+    assert "Manager pid" in proc("status").stdout
+    proc.enqueue("true")
+    assert wait_for(lambda: proc.counts()["completed"] == 1, timeout=20)
+    stopped = proc("stop", "--wait").stdout
+    assert "All workers stopped after" in stopped
+    assert "No worker manager running" in proc("status").stdout
+
+
+def test_stop_force_returns_running_jobs_to_pending(proc):
+    job = proc.enqueue("sleep 60")
+    run = proc.popen("start", "--count", "1")
+    try:
+        assert wait_for(lambda: proc.counts()["processing"] == 1, timeout=20)
+        proc("stop", "--force", "--wait")
+        assert run.wait(timeout=20) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    back = proc.manager().storage.get(job)
+    assert back.state is JobState.PENDING and back.attempts == 0
+
+
+def test_list_wide_shows_the_extra_columns(proc):
+    first = proc.enqueue("true", "--delay", "1h", "--priority", "7")
+    proc.enqueue("true", "--after", first)
+    out = proc("list", "--wide").stdout
+    for column in ("Priority", "Due", "After", "Last Error"):
+        assert column in out.splitlines()[0]
+    assert "after dependencies" in out and " 7 " in out
+
+
+def test_outcome_cancelled_is_final_even_with_retries_left(manager):
+    manager.storage.register_owner("w1")
+    job = manager.enqueue("sleep 1", max_retries=5)
+    claimed = manager.claim("w1")
+    done = manager.finish(claimed, Outcome(exit_code=-15, error="Cancelled", cancelled=True,
+                                           started=time.time(), finished=time.time()))
+    assert done.state is JobState.DEAD and manager.storage.get(job.id).last_error == "Cancelled"
