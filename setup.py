@@ -11,7 +11,7 @@ setup(
     install_requires=["click>=8.1", "tabulate>=0.9", "filelock>=3.12"],
     extras_require={
         "redis": ["redis>=5"],
-        "dev": ["pytest>=7", "ruff"],
+        "dev": ["pytest>=7", "ruff", "prometheus_client>=0.17"],
     },
     entry_points={"console_scripts": ["queuectl=queuectl.cli:main"]},
 )

@@ -21,6 +21,10 @@ STATUS_ROWS = (("Pending", JobState.PENDING), ("Processing", JobState.PROCESSING
                ("Completed", JobState.COMPLETED), ("Failed", JobState.FAILED),
                ("Dead (DLQ)", JobState.DEAD))
 STATES = [s.value for s in JobState]
+# Job ids offered by shell completion at most.
+COMPLETION_LIMIT = 50
+# Jobs `list` shows by default: the newest ones.
+LIST_LIMIT = 200
 # Seconds `start --detach` waits for the background manager to show up before giving up.
 DETACH_WAIT = 15.0
 
@@ -83,6 +87,26 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document (documented keys).")
+
+
+def _emit(data: Any) -> None:
+    import json
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _complete_ids(ctx: click.Context, _param: Any, incomplete: str) -> list[Any]:
+    """Shell completion of job ids from the store the command line names."""
+    from click.shell_completion import CompletionItem
+
+    from .core.storage import get_storage
+    path = ctx.find_root().params.get("storage_path") or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE_PATH
+    try:
+        store = get_storage(path)
+        ids = store.match_ids(incomplete) if store.exists() else []
+    except (QueuectlError, OSError):
+        return []
+    return [CompletionItem(i) for i in ids[:COMPLETION_LIMIT]]
 
 
 @click.group(cls=QueuectlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -131,8 +155,10 @@ def _csv(value: str | None, kind: type = str, hint: str = "") -> list[Any] | Non
 @click.option("--unique-key", metavar="KEY", help="Add nothing if a job with this key is waiting or running.")
 @click.option("--file", "spec_file", type=click.File("r", encoding="utf-8", errors="strict"),
               metavar="FILE", help="Add many jobs: one JSON spec or command per line ('-' for stdin).")
+@click.option("--wait", is_flag=True, help="Block until the job ends; print its output; exit with its exit code.")
+@JSON
 @pass_app
-def enqueue(app: App, command: str | None, spec_file: Any, **options: Any) -> None:
+def enqueue(app: App, command: str | None, spec_file: Any, wait: bool, as_json: bool, **options: Any) -> None:
     """Add a job: a shell COMMAND, or a JSON job spec.
 
     \b
@@ -142,22 +168,60 @@ def enqueue(app: App, command: str | None, spec_file: Any, **options: Any) -> No
       queuectl enqueue '{"id":"job1","command":"sleep 2","max_retries":3}'
       queuectl enqueue "make report" --priority 10 --delay 5m --after job1
       queuectl enqueue --file jobs.jsonl      # all or nothing
+      queuectl enqueue "make test" --wait     # exit code of the job
     """
     options["no_retry_on"] = _csv(options["no_retry_on"], int, "--no-retry-on")
     options["after"] = _csv(options["after"])
     if spec_file is not None:
-        if command is not None or any(v is not None for v in options.values()):
+        if command is not None or wait or any(v is not None for v in options.values()):
             raise click.UsageError("--file takes no COMMAND and no other option (put them in the JSON lines)")
         jobs = app.manager.enqueue_many(_read_lines(spec_file))
-        click.echo(f"Enqueued {len(jobs)} job(s)")
+        if as_json:
+            _emit({"enqueued": len(jobs), "ids": [j.id for j in jobs]})
+        else:
+            click.echo(f"Enqueued {len(jobs)} job(s)")
         return
     if command is None:
         raise click.UsageError("Missing argument 'COMMAND'.")
+    if wait and as_json:
+        raise click.UsageError("--wait prints the job's own output; it cannot be combined with --json")
     job, existing = app.manager.submit(command, **options)
-    if existing:
-        click.echo(f"Job already queued\n   ID: {job.id}\n   State: {job.state.value}")
-        return
-    click.echo(f"Job enqueued successfully!\n   ID: {job.id}\n   Command: {job.command}")
+    if as_json:
+        _emit({"id": job.id, "command": job.command, "state": job.state.value, "existing": existing})
+    elif existing:
+        click.echo(f"Job already queued\n   ID: {job.id}\n   State: {job.state.value}", err=wait)
+    else:
+        click.echo(f"Job enqueued successfully!\n   ID: {job.id}\n   Command: {job.command}", err=wait)
+    if wait:
+        _wait_and_exit(app, job.id)
+
+
+def _wait_and_exit(app: App, job_id: str) -> None:
+    """`enqueue --wait`: the job's output on our stdout/stderr, its exit code as ours."""
+    if not app.manager.managers():
+        click.echo("Waiting for a worker: none is running (start one with `queuectl start`)", err=True)
+    job = app.manager.wait(job_id)
+    if job.attempts:
+        _, out, err = app.manager.output(job)
+        _copy_file(out, sys.stdout.buffer)
+        _copy_file(err, sys.stderr.buffer)
+    last = job.history[-1] if job.history else {}
+    if job.state is JobState.COMPLETED:
+        sys.exit(0)
+    if last.get("timed_out"):
+        sys.exit(124)
+    code = job.exit_code
+    sys.exit(code if isinstance(code, int) and 0 < code < 256 else EXIT_RUNTIME)
+
+
+def _copy_file(path: str, stream: Any) -> None:
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(65536):
+                stream.write(chunk)
+        stream.flush()
+    except FileNotFoundError:
+        pass
 
 
 def _read_lines(stream: Any) -> list[str]:
@@ -319,41 +383,97 @@ def worker_stop(app: App, wait: bool, force: bool) -> None:
 
 
 @cli.command()
+@JSON
+@click.option("--watch", is_flag=True, help="Redraw until Ctrl+C (plain lines when not a terminal).")
+@click.option("--interval", type=Seconds(), default=1.0, show_default=True, help="Seconds between redraws.")
 @pass_app
-def status(app: App) -> None:
+def status(app: App, as_json: bool, watch: bool, interval: float) -> None:
     """Show job counts by state and the running worker managers.
 
     \b
-    Example:
+    Examples:
       queuectl status
+      queuectl status --watch --interval 0.5
+      queuectl status --json
     """
+    if as_json and watch:
+        raise click.UsageError("--watch cannot be combined with --json")
+    if as_json:
+        _emit(_status_data(app))
+    elif watch:
+        _watch(app, interval)
+    else:
+        click.echo(_status_text(app))
+
+
+def _status_data(app: App) -> dict[str, Any]:
+    counts = app.manager.counts()
+    return {"counts": {s.value: n for s, n in counts.items()}, "total": sum(counts.values()),
+            "managers": [{"pid": m.pid, "workers": m.workers, "host": m.host,
+                          "uptime_seconds": round(time.time() - m.started_at, 1)} for m in app.manager.managers()]}
+
+
+def _status_text(app: App, extra: tuple[str, ...] = ()) -> str:
     counts = app.manager.counts()
     managers = app.manager.managers()
     lines = ["QueueCTL System Status", "=" * 40]
     lines += [f"{label:<12}{counts[state]}" for label, state in STATUS_ROWS]
-    lines += [f"{'Total':<12}{sum(counts.values())}", "=" * 40]
+    lines += [f"{'Total':<12}{sum(counts.values())}", "=" * 40, *extra]
     if not managers:
         lines.append("No worker manager running")
     for m in managers:
         lines.append(f"Manager pid {m.pid}: {m.workers} worker(s), up {_uptime(m.started_at)}")
-    click.echo("\n".join(lines))
+    return "\n".join(lines)
+
+
+def _watch(app: App, interval: float) -> None:
+    """Redraws in place on a terminal (cursor home, overwrite, clear the rest: no flicker)."""
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            report = app.manager.metrics()
+            jobs = report["jobs"]
+            done = jobs["completed"] + jobs["dead"]
+            total = sum(jobs.values())
+            extra = (f"Throughput  {report['throughput_per_second']:.2f} jobs/s (last 5 min)",
+                     f"Progress    {done}/{total} finished" + (f" ({100 * done // total}%)" if total else ""))
+            text = _status_text(app, extra)
+            if tty:
+                click.echo("\x1b[H" + text.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J", nl=False)
+            else:
+                click.echo(f"{time.strftime('%H:%M:%S')} " + " ".join(f"{k}={v}" for k, v in jobs.items())
+                           + f" throughput={report['throughput_per_second']}/s")
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        if tty:
+            click.echo()
 
 
 @cli.command("list")
 @click.option("--state", type=click.Choice(STATES, case_sensitive=False), help="Only jobs in this state.")
 @click.option("--wide", is_flag=True, help="Also show priority, due time, dependencies and last error.")
+@click.option("--limit", type=click.IntRange(1), default=LIST_LIMIT, show_default=True, help="Newest N jobs.")
+@click.option("--offset", type=click.IntRange(0), default=0, help="Skip the newest N jobs first.")
+@JSON
 @pass_app
-def list_jobs(app: App, state: str | None, wide: bool) -> None:
-    """List jobs, oldest first.
+def list_jobs(app: App, state: str | None, wide: bool, limit: int, offset: int, as_json: bool) -> None:
+    """List the newest jobs (oldest first among them).
 
     \b
     Examples:
       queuectl list
       queuectl list --state pending
-      queuectl list --wide
+      queuectl list --wide --limit 50 --offset 50
+      queuectl list --json
     """
     from tabulate import tabulate
-    jobs = app.manager.list_jobs(JobState(state.lower()) if state else None)
+    everything = app.manager.list_jobs(JobState(state.lower()) if state else None)
+    end = max(0, len(everything) - offset)
+    jobs = everything[max(0, end - limit):end]
+    if as_json:
+        _emit({"total": len(everything), "limit": limit, "offset": offset,
+               "jobs": [j.public_dict() for j in jobs]})
+        return
     if not jobs:
         click.echo(f"No {state.lower() + ' ' if state else ''}jobs found")
         return
@@ -364,6 +484,9 @@ def list_jobs(app: App, state: str | None, wide: bool) -> None:
         for row, j in zip(rows, jobs):
             row += [j.priority, _due(j), ",".join(a[:8] for a in j.after), _cut(j.last_error or "", ERROR_WIDTH)]
     click.echo(tabulate(rows, headers=headers))
+    older = end - len(jobs)
+    if older:
+        click.echo(f"... {older} older job(s) not shown (use --limit and --offset)")
 
 
 def _due(job: Any) -> str:
@@ -378,7 +501,7 @@ def _due(job: Any) -> str:
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...", shell_complete=_complete_ids)
 @pass_app
 def cancel(app: App, job_ids: tuple[str, ...]) -> None:
     """Move waiting jobs to the DLQ as `Cancelled`; a running one is ended first.
@@ -430,6 +553,166 @@ def purge(app: App, state: str, older_than: str | None, yes: bool) -> None:
     click.echo(f"Removed {removed} {state.lower()} job(s)")
 
 
+@cli.command()
+@click.argument("job_id", metavar="ID", shell_complete=_complete_ids)
+@JSON
+@pass_app
+def show(app: App, job_id: str, as_json: bool) -> None:
+    """Print every field of a job and a table of its attempts.
+
+    \b
+    Examples:
+      queuectl show 08232c92
+      queuectl show job1 --json
+    """
+    from tabulate import tabulate
+    job = app.manager.resolve(job_id)
+    data = job.public_dict()
+    if as_json:
+        _emit(data)
+        return
+    history = data.pop("history")
+    for key, value in data.items():
+        shown = ",".join(str(v) for v in value) if isinstance(value, list) else value
+        click.echo(f"{key:<25}{'' if shown is None else shown}")
+    if history:
+        rows = [[h.get("attempt"), h.get("started_at"), h.get("finished_at"), _secs(h.get("duration")),
+                 _exit_text(h), "yes" if h.get("timed_out") else "", h.get("worker") or "",
+                 _cut(h.get("error") or "", ERROR_WIDTH)] for h in history]
+        click.echo()
+        click.echo(tabulate(rows, headers=["Attempt", "Started", "Finished", "Duration", "Exit",
+                                           "Timed Out", "Worker", "Error"]))
+
+
+def _secs(value: Any) -> str:
+    return "" if value is None else f"{value:.3f}s"
+
+
+def _exit_text(entry: dict[str, Any]) -> str:
+    code = entry.get("exit_code")
+    if code is None:
+        return ""
+    return f"signal {-code}" if code < 0 else str(code)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID", shell_complete=_complete_ids)
+@click.option("--attempt", type=click.IntRange(1), help="Which attempt (default: the latest).")
+@click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
+@click.option("--all", "stream", flag_value="all", help="Show stdout and stderr, labelled.")
+@click.option("--follow", "-f", is_flag=True, help="Stream a running job's output until it ends.")
+@click.option("--tail", type=click.IntRange(0), help="Only the last N lines.")
+@pass_app
+def logs(app: App, job_id: str, attempt: int | None, stream: str | None, follow: bool, tail: int | None) -> None:
+    """Print what a job's attempt wrote (stdout by default).
+
+    \b
+    Examples:
+      queuectl logs 08232c92
+      queuectl logs 08232c92 --stderr --attempt 1
+      queuectl logs 08232c92 --all --tail 20
+      queuectl logs 08232c92 --follow
+    """
+    job = app.manager.resolve(job_id)
+    number, out, err = app.manager.output(job, attempt)
+    paths = {"stderr": [("", err)], "all": [("stdout", out), ("stderr", err)]}.get(stream or "", [("", out)])
+    if follow:
+        if len(paths) > 1:
+            raise click.UsageError("--follow streams one stream: stdout, or stderr with --stderr")
+        _follow(app, job.id, number, paths[0][1])
+        return
+    for label, path in paths:
+        if label:
+            click.echo(f"==> {label} (attempt {number}) <==")
+        data = _read_output(path, tail)
+        click.echo(data, nl=bool(data) and not data.endswith("\n"))
+
+
+def _read_output(path: str, tail: int | None) -> str:
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    if tail is not None:
+        lines = text.splitlines(keepends=True)
+        text = "".join(lines[-tail:]) if tail else ""
+    return text
+
+
+def _follow(app: App, job_id: str, attempt: int, path: str) -> None:
+    """Prints new output as it arrives, until the attempt is over."""
+    pos = 0
+    while True:
+        job = app.manager.storage.get(job_id)
+        running = job is not None and job.state is JobState.PROCESSING and job.attempts == attempt
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() < pos:
+                    pos = 0  # the file was cut to its tail: start again from its top
+                f.seek(pos)
+                chunk = f.read()
+                pos = f.tell()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        if not running:
+            return
+        time.sleep(0.2)
+
+
+@cli.command()
+@JSON
+@click.option("--prometheus", is_flag=True, help="The Prometheus text exposition format.")
+@pass_app
+def metrics(app: App, as_json: bool, prometheus: bool) -> None:
+    """Throughput, success rate, run and wait times, failures by exit code.
+
+    \b
+    Examples:
+      queuectl metrics
+      queuectl metrics --json
+      queuectl metrics --prometheus > /var/lib/node_exporter/queuectl.prom
+    """
+    if as_json and prometheus:
+        raise click.UsageError("choose --json or --prometheus")
+    if prometheus:
+        click.echo(app.manager.prometheus(), nl=False)
+        return
+    report = app.manager.metrics()
+    if as_json:
+        _emit(report)
+        return
+    jobs = ", ".join(f"{k} {v}" for k, v in report["jobs"].items())
+    rate = report["success_rate"]
+    lines = [
+        f"Jobs:              {jobs}",
+        f"Last minute:       {report['completed_last_minute']} completed, {report['failed_last_minute']} failed",
+        f"Last hour:         {report['completed_last_hour']} completed, {report['failed_last_hour']} failed",
+        f"Throughput:        {report['throughput_per_second']} jobs/s (last 5 minutes)",
+        f"Success rate:      {'-' if rate is None else f'{rate * 100:.1f}%'} of finished attempts",
+        f"Run time (ms):     {_dist(report['run_time_ms'])}",
+        f"Queue wait (ms):   {_dist(report['queue_wait_ms'])}",
+        "Failures by exit:  " + (", ".join(f"{k}: {v}" for k, v in report["failures_by_exit_code"].items()) or "none"),
+        f"Oldest pending:    {_age(report['oldest_pending_age_seconds'])}",
+        f"Managers/workers:  {report['managers']} / {report['workers']}",
+    ]
+    click.echo("\n".join(lines))
+
+
+def _dist(h: dict[str, Any]) -> str:
+    if not h["count"]:
+        return "no data"
+    return f"p50 {h['p50']}  p95 {h['p95']}  max {h['max']}  ({h['count']} samples)"
+
+
+def _age(seconds: float | None) -> str:
+    return "none waiting" if seconds is None else f"{seconds:.1f}s"
+
+
 @cli.group()
 def dlq() -> None:
     """Inspect and retry jobs in the dead letter queue.
@@ -442,16 +725,21 @@ def dlq() -> None:
 
 
 @dlq.command("list")
+@JSON
 @pass_app
-def dlq_list(app: App) -> None:
+def dlq_list(app: App, as_json: bool) -> None:
     """List dead jobs with their last error.
 
     \b
-    Example:
+    Examples:
       queuectl dlq list
+      queuectl dlq list --json
     """
     from tabulate import tabulate
     jobs = app.manager.list_jobs(JobState.DEAD)
+    if as_json:
+        _emit({"total": len(jobs), "jobs": [j.public_dict() for j in jobs]})
+        return
     if not jobs:
         click.echo("DLQ is empty")
         return
@@ -461,7 +749,7 @@ def dlq_list(app: App) -> None:
 
 
 @dlq.command("retry")
-@click.argument("job_id", required=False)
+@click.argument("job_id", required=False, shell_complete=_complete_ids)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every job in the DLQ.")
 @pass_app
 def dlq_retry(app: App, job_id: str | None, retry_all: bool) -> None:
@@ -500,8 +788,9 @@ def dlq_purge(app: App, yes: bool) -> None:
 @cli.group(invoke_without_command=True)
 @click.option("--key", help="Setting to change (with --value).")
 @click.option("--value", help="New value for --key.")
+@JSON
 @click.pass_context
-def config(ctx: click.Context, key: str | None, value: str | None) -> None:
+def config(ctx: click.Context, key: str | None, value: str | None, as_json: bool) -> None:
     """Show or change settings (stored in the data directory).
 
     \b
@@ -516,6 +805,9 @@ def config(ctx: click.Context, key: str | None, value: str | None) -> None:
             raise click.UsageError("--key/--value cannot be combined with a subcommand")
         return
     app: App = ctx.obj
+    if as_json and key is None and value is None:
+        _emit(dict(app.manager.config.items()))
+        return
     if key is None and value is None:
         for k, v in app.manager.config.items():
             click.echo(f"{k} = {Config.format(v)}")

@@ -259,7 +259,7 @@ def test_config_lists_every_setting(data):
     assert ok(data, "config") == "\n".join([
         "max_retries = 3", "backoff_base = 2", "backoff_max = 3600", "job_timeout = 30",
         "worker_count = 1", f"storage_path = {data}", "log_level = INFO", "poll_interval = 0.2",
-        "no_retry_on = ", "rate_limit = 0", "keep_completed = 10000", ""])
+        "no_retry_on = ", "log_max_bytes = 1048576", "rate_limit = 0", "keep_completed = 10000", ""])
 
 
 def test_config_key_value_sets_a_value(data):

@@ -129,6 +129,21 @@ class Job:
         changes.setdefault("updated_at", now_iso())
         return replace(self, **changes)
 
+    def public_dict(self) -> dict[str, Any]:
+        """The documented JSON view (`--json`, the dashboard's API): stable keys, ISO times."""
+        runnable = self.state.runnable
+        return {
+            "id": self.id, "command": self.command, "state": self.state.value,
+            "attempts": self.attempts, "max_retries": self.max_retries, "priority": self.priority,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "run_at": now_iso(self.due_at) if runnable and not self.blocked else None,
+            "waiting_for_dependencies": runnable and self.blocked,
+            "timeout": self.timeout, "no_retry_on": self.no_retry_on, "after": list(self.after),
+            "unique_key": self.unique_key, "last_error": self.last_error, "exit_code": self.exit_code,
+            "worker": self.worker_id, "history": list(self.history),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["state"] = self.state.value

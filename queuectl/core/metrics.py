@@ -6,7 +6,6 @@ A backend keeps one aggregate document beside its counts and passes every state 
 from __future__ import annotations
 
 import bisect
-import math
 from datetime import datetime
 from typing import Any
 
@@ -93,14 +92,98 @@ def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
         del agg["minutes"][key]
 
 
-def window(agg: dict[str, Any], seconds: int, now: float) -> tuple[int, int]:
-    """(completed, failed attempts) in the last `seconds` (whole minutes, the current one included)."""
-    first = int(now // 60) - max(1, math.ceil(seconds / 60)) + 1
-    done = failed = 0
+def window(agg: dict[str, Any], seconds: int, now: float) -> tuple[float, float]:
+    """(completed, failed attempts) in the last `seconds`, from per-minute counters.
+
+    The oldest minute that the window only partly covers is weighted by the part it covers.
+    """
+    start = now - seconds
+    done = failed = 0.0
     for key, (c, f) in agg["minutes"].items():
-        if int(key) >= first:
-            done, failed = done + c, failed + f
+        m0 = int(key) * 60
+        overlap = min(m0 + 60, now) - max(m0, start)
+        if overlap <= 0:
+            continue
+        span = min(60.0, now - m0)  # the current minute has only lasted this long
+        weight = 1.0 if m0 >= start else overlap / span if span > 0 else 0.0
+        done, failed = done + c * weight, failed + f * weight
     return done, failed
+
+
+def summary(agg: dict[str, Any], counts: dict[str, int], oldest_pending: float | None,
+            managers: int, workers: int, now: float) -> dict[str, Any]:
+    """The `metrics` report: every figure from the aggregates, none from reading jobs."""
+    done_1m, failed_1m = window(agg, 60, now)
+    done_1h, failed_1h = window(agg, 3600, now)
+    done_5m, _ = window(agg, 300, now)
+    judged = agg["completed_total"] + agg["failed_attempts_total"]
+
+    def hist(h: dict[str, Any]) -> dict[str, Any]:
+        return {"count": h["count"], "p50": _round(quantile(h, 0.5)), "p95": _round(quantile(h, 0.95)),
+                "max": _round(h["max"]) if h["count"] else None}
+
+    return {
+        "jobs": dict(counts),
+        "completed_last_minute": round(done_1m), "failed_last_minute": round(failed_1m),
+        "completed_last_hour": round(done_1h), "failed_last_hour": round(failed_1h),
+        "throughput_per_second": round(done_5m / 300, 3),
+        "success_rate": round(agg["completed_total"] / judged, 4) if judged else None,
+        "run_time_ms": hist(agg["run_ms"]),
+        "queue_wait_ms": hist(agg["wait_ms"]),
+        "failures_by_exit_code": dict(sorted(agg["exit_codes"].items())),
+        "oldest_pending_age_seconds": round(now - oldest_pending, 3) if oldest_pending else None,
+        "managers": managers,
+        "workers": workers,
+        "totals": {k: agg[k] for k in ("attempts_total", "completed_total", "failed_attempts_total", "dead_total")},
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def prometheus(agg: dict[str, Any], report: dict[str, Any]) -> str:
+    """The Prometheus text exposition format (for a textfile collector or a scrape)."""
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{labels} {_num(value)}" for labels, value in samples)
+
+    metric("queuectl_jobs", "gauge", "Jobs by state.",
+           [(f'{{state="{state}"}}', n) for state, n in report["jobs"].items()])
+    metric("queuectl_attempts_started_total", "counter", "Attempts started.", [("", agg["attempts_total"])])
+    metric("queuectl_jobs_completed_total", "counter", "Jobs completed.", [("", agg["completed_total"])])
+    metric("queuectl_attempts_failed_total", "counter", "Attempts that failed (each retry counts).",
+           [("", agg["failed_attempts_total"])])
+    metric("queuectl_jobs_dead_total", "counter", "Jobs moved to the dead letter queue.", [("", agg["dead_total"])])
+    metric("queuectl_attempt_failures_total", "counter", "Failed attempts by exit code.",
+           [(f'{{exit_code="{code}"}}', n) for code, n in sorted(agg["exit_codes"].items())])
+    for name, key, text in (("queuectl_job_run_seconds", "run_ms", "Attempt run time."),
+                            ("queuectl_job_wait_seconds", "wait_ms", "Time from due to start.")):
+        h = agg[key]
+        out.append(f"# HELP {name} {text}")
+        out.append(f"# TYPE {name} histogram")
+        running = 0
+        for bound, n in zip((*BUCKETS_MS, None), h["buckets"]):
+            running += n
+            le = "+Inf" if bound is None else _num(bound / 1000)
+            out.append(f'{name}_bucket{{le="{le}"}} {running}')
+        out.append(f"{name}_sum {_num(h['sum'] / 1000)}")
+        out.append(f"{name}_count {h['count']}")
+    age = report["oldest_pending_age_seconds"]
+    metric("queuectl_oldest_pending_age_seconds", "gauge", "Age of the oldest pending job (0 if none).",
+           [("", age or 0)])
+    metric("queuectl_managers", "gauge", "Running worker managers.", [("", report["managers"])])
+    metric("queuectl_workers", "gauge", "Running worker processes.", [("", report["workers"])])
+    return "\n".join(out) + "\n"
+
+
+def _num(value: float) -> str:
+    if isinstance(value, float) and not value.is_integer():
+        return repr(value)
+    return str(int(value))
 
 
 def merge_defaults(agg: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from . import metrics
 from .errors import ConflictError, InvalidStateError, JobNotFoundError, ValidationError
 from .job import (
     BLOCKED,
@@ -198,6 +199,34 @@ class QueueManager:
 
     def managers(self) -> list[ManagerInfo]:
         return self.storage.managers()
+
+    def metrics(self) -> dict[str, Any]:
+        """The `metrics` report, from running aggregates (see core/metrics.py)."""
+        managers = self.managers()
+        counts = {s.value: n for s, n in self.counts().items()}
+        return metrics.summary(self.storage.metrics(), counts, self.storage.oldest_waiting(),
+                               len(managers), sum(m.workers for m in managers), time.time())
+
+    def prometheus(self) -> str:
+        return metrics.prometheus(self.storage.metrics(), self.metrics())
+
+    def output(self, job: Job, attempt: int | None = None) -> tuple[int, str, str]:
+        """(attempt, stdout path, stderr path) of an attempt, the latest by default."""
+        attempt = attempt or job.attempts
+        if attempt < 1 or attempt > max(job.attempts, 1):
+            raise ValidationError(f"job {job.id} has no attempt {attempt} (it has {job.attempts})")
+        out, err = self.storage.output_paths(job.id, attempt)
+        return attempt, out, err
+
+    def wait(self, job_id: str, poll: float = 0.1) -> Job:
+        """Blocks until the job is completed or dead."""
+        while True:
+            job = self.storage.get(job_id)
+            if job is None:
+                raise JobNotFoundError(f"job {job_id} disappeared while we waited")
+            if job.state in (JobState.COMPLETED, JobState.DEAD):
+                return job
+            time.sleep(poll)
 
     # -- running -------------------------------------------------------------------------
     def claim(self, owner: str, before_start: Callable[[], None] | None = None) -> Job | None:

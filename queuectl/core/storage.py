@@ -85,6 +85,12 @@ class Storage(ABC):
     def counts(self) -> dict[JobState, int]:
         """Number of jobs in each state, without reading every job; zeros when empty."""
 
+    def oldest_waiting(self) -> float | None:
+        """Enqueue time (epoch seconds) of the oldest pending job; None when none waits."""
+        for job in self.jobs(JobState.PENDING):
+            return job.seq / 1e9
+        return None
+
     @abstractmethod
     def claim(self, owner: str, now: float) -> Job | None:
         """Atomically takes the first due runnable job (priority, then FIFO) for `owner`.

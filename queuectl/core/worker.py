@@ -20,12 +20,14 @@ from typing import Any
 
 from .errors import ConflictError, QueuectlError
 from .job import Job
+from .output import CappedFile, Pump, tail_line
 from .queue import Outcome, QueueManager
 from .storage import ManagerInfo, Storage, get_storage, new_owner_id
 from .utils.proc import describe_exit, kill_group, spawn_shell
 
 log = logging.getLogger(__name__)
 
+SELECTABLE_PIPES = os.name == "posix"
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 # TERM, then KILL this many seconds later, for a job that timed out or is force-stopped.
 KILL_GRACE = 2.0
@@ -37,8 +39,6 @@ TRIM_INTERVAL = 60.0
 # A worker that dies this soon after it started is restarted only after this delay, so a
 # broken environment does not become a fork loop.
 RESPAWN_BACKOFF = 1.0
-# How much of stderr is read back to find the last line for `last_error`.
-STDERR_TAIL = 4096
 
 
 @dataclass(frozen=True)
@@ -131,20 +131,29 @@ class Worker:
         """Runs the command; None if a forced stop cut it short."""
         timeout = job.timeout if job.timeout is not None else self.manager.config.job_timeout
         out_path, err_path = self.storage.output_paths(job.id, job.attempts)
+        cap = self.manager.config.log_max_bytes
         started = time.time()
+        sinks = [CappedFile(out_path, cap), CappedFile(err_path, cap)]
         try:
-            with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                os.chmod(out_path, 0o600)
-                os.chmod(err_path, 0o600)
-                proc = spawn_shell(job.command, out, err)
+            if SELECTABLE_PIPES:
+                proc = spawn_shell(job.command, subprocess.PIPE, subprocess.PIPE)
+                pump = Pump({proc.stdout: sinks[0], proc.stderr: sinks[1]})  # type: ignore[dict-item]
+            else:  # no select() on pipes: the command writes the files itself, uncapped
+                proc = spawn_shell(job.command, sinks[0].f, sinks[1].f)  # type: ignore[arg-type]
+                pump = Pump({})
         except OSError as e:
+            for sink in sinks:
+                sink.close()
             return Outcome(exit_code=None, error=f"Cannot start command: {e.strerror or e}",
                            started=started, finished=time.time())
         self.storage.note_running(self.owner, proc.pid)
         try:
-            ended = self._wait(proc, timeout, job.id)
+            ended = self._wait(proc, pump, timeout, job.id)
         finally:
             self.storage.note_running(self.owner, None)
+            pump.drain()
+            for sink in sinks:
+                sink.close()
         finished = time.time()
         if ended == "forced":
             return None
@@ -157,24 +166,28 @@ class Worker:
             error = None
         else:
             error = describe_exit(proc.returncode)
-            line = _last_line(err_path)
+            line = tail_line(err_path)
             if line:
                 error = f"{error}: {line}"
-        _remove_if_empty(out_path)
-        _remove_if_empty(err_path)
         return Outcome(exit_code=proc.returncode, error=error, timed_out=timed_out,
                        cancelled=ended == "cancelled", started=started, finished=finished)
 
-    def _wait(self, proc: subprocess.Popen, timeout: float, job_id: str) -> str:
-        """Waits for the command: 'exited', or 'timeout', 'cancelled', 'forced' after ending it."""
+    def _wait(self, proc: subprocess.Popen, pump: Pump, timeout: float, job_id: str) -> str:
+        """Waits for the command, copying its output: 'exited', or 'timeout', 'cancelled' or
+        'forced' after ending its process group."""
         deadline = time.monotonic() + timeout if timeout else None
         while True:
             step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
-            try:
-                proc.wait(timeout=step)
-                return "exited"
-            except subprocess.TimeoutExpired:
-                pass
+            if pump.open:
+                pump.pump(step)
+                if proc.poll() is not None:
+                    return "exited"  # output still held open by its background children is left
+            else:
+                try:
+                    proc.wait(timeout=step)
+                    return "exited"
+                except subprocess.TimeoutExpired:
+                    pass
             if self.force_event.is_set():
                 reason = "forced"
             elif deadline is not None and time.monotonic() >= deadline:
@@ -186,27 +199,6 @@ class Worker:
             kill_group(proc.pid, KILL_GRACE, proc)
             proc.wait()
             return reason
-
-
-def _last_line(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - STDERR_TAIL))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    return lines[-1][:500] if lines else ""
-
-
-def _remove_if_empty(path: str) -> None:
-    try:
-        if os.path.getsize(path) == 0:
-            os.unlink(path)
-    except OSError:
-        pass
 
 
 def setup_logging(level: str) -> None:

@@ -275,6 +275,11 @@ class JsonStorage(Storage):
     def metrics(self) -> dict[str, Any]:
         return metrics.merge_defaults(self._load_counts_file().get("metrics"))
 
+    def oldest_waiting(self) -> float | None:
+        """Reads only names: the enqueue time is part of each pending file's name."""
+        seqs = [parsed[2] for name in self._names("pending") if (parsed := _parse_runnable(name))]
+        return min(seqs) / 1e9 if seqs else None
+
     # -- claim and update ------------------------------------------------------------------
     def claim(self, owner: str, now: float) -> Job | None:
         if not self.exists():

@@ -50,6 +50,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("poll_interval", 0.2, float, 0.01, 60, "seconds between looks for work when idle"),
         # Exit codes that mean "retrying will not help" (e.g. 2 for a usage error); none by default.
         Setting("no_retry_on", [], list, 0, 255, "exit codes that go straight to the DLQ, e.g. 2,64"),
+        # 1 MiB per stream per attempt keeps every log useful and a runaway job's output bounded.
+        Setting("log_max_bytes", 1048576, int, 0, 1 << 30,
+                "bytes of stdout and of stderr kept per attempt (the tail; 0 = no cap)"),
         # Unlimited by default; a limit protects a downstream service from a burst.
         Setting("rate_limit", 0, float, 0, 100000, "job starts per second across all workers (0 = no limit)"),
         # Ten thousand finished jobs are plenty of history and stay fast to list.

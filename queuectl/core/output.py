@@ -1,0 +1,123 @@
+"""A job's stdout and stderr, copied to files that never grow past a cap.
+
+On POSIX the worker reads both pipes with select() in the same loop that watches timeouts, so
+no thread is needed and a job that prints a gigabyte costs the store at most twice the cap: once
+a file passes 2 x cap it is rewritten as a note of what was cut plus the last `cap` bytes.
+"""
+from __future__ import annotations
+
+import os
+import select
+from typing import IO
+
+CHUNK = 65536
+CUT_NOTE = b"[queuectl: %d earlier bytes cut]\n"
+
+
+class CappedFile:
+    """An append-only file that keeps only the last `cap` bytes once it passes 2 x cap."""
+
+    def __init__(self, path: str, cap: int):
+        self.path = path
+        self.cap = cap
+        self.cut = 0        # bytes dropped so far
+        self.size = 0       # bytes in the file now, the note included
+        self.note_len = 0
+        self.f: IO[bytes] | None = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        os.chmod(path, 0o600)
+
+    def write(self, data: bytes) -> None:
+        if self.f is None:
+            return
+        self.f.write(data)
+        self.size += len(data)
+        if self.cap and self.size > 2 * self.cap:
+            self._compact()
+
+    def _compact(self) -> None:
+        assert self.f is not None
+        self.f.close()
+        self.f = None
+        with open(self.path, "rb") as f:
+            f.seek(-self.cap, os.SEEK_END)
+            tail = f.read()
+        self.cut += self.size - self.note_len - len(tail)
+        note = CUT_NOTE % self.cut
+        with open(self.path, "wb") as f:
+            f.write(note + tail)
+        self.note_len = len(note)
+        self.size = len(note) + len(tail)
+        self.f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+
+    def close(self) -> None:
+        if self.f is not None:
+            if self.cap and self.size - self.note_len > self.cap:
+                self._compact()  # what stays behind is the tail, at most `cap` bytes
+            assert self.f is not None
+            self.f.close()
+            self.f = None
+        try:
+            if os.path.getsize(self.path) == 0:
+                os.unlink(self.path)  # nothing printed: no file
+        except OSError:
+            pass
+
+
+class Pump:
+    """Copies data from pipes to capped files; `pump` waits up to a timeout for some."""
+
+    def __init__(self, streams: dict[IO[bytes], CappedFile]):
+        self.streams = {pipe.fileno(): (pipe, sink) for pipe, sink in streams.items()}
+
+    @property
+    def open(self) -> bool:
+        return bool(self.streams)
+
+    def pump(self, timeout: float) -> None:
+        if not self.streams:
+            return
+        try:
+            ready, _, _ = select.select(list(self.streams), [], [], timeout)
+        except InterruptedError:
+            return
+        for fd in ready:
+            self._read(fd)
+
+    def _read(self, fd: int) -> None:
+        pipe, sink = self.streams[fd]
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if data:
+            sink.write(data)
+        else:
+            pipe.close()
+            del self.streams[fd]
+
+    def drain(self) -> None:
+        """Reads what is already waiting, without waiting for processes that keep the pipe open."""
+        for _ in range(10_000):
+            if not self.streams:
+                break
+            ready, _, _ = select.select(list(self.streams), [], [], 0)
+            if not ready:
+                break
+            for fd in ready:
+                self._read(fd)
+        for pipe, _sink in self.streams.values():
+            pipe.close()
+        self.streams.clear()
+
+
+def tail_line(path: str, window: int = 4096) -> str:
+    """The last non-empty line of a file (for `last_error`), or ''."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - window))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
