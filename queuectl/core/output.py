@@ -23,13 +23,17 @@ class CappedFile:
         self.cut = 0        # bytes dropped so far
         self.size = 0       # bytes in the file now, the note included
         self.note_len = 0
-        self.f: IO[bytes] | None = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
-        os.chmod(path, 0o600)
+        self.f: IO[bytes] | None = None  # opened on the first byte: most jobs print nothing
+
+    def fileobj(self) -> IO[bytes]:
+        """The open file (created now if need be), for a command that writes it directly."""
+        if self.f is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self.f = os.fdopen(fd, "wb", buffering=0)
+        return self.f
 
     def write(self, data: bytes) -> None:
-        if self.f is None:
-            return
-        self.f.write(data)
+        self.fileobj().write(data)
         self.size += len(data)
         if self.cap and self.size > 2 * self.cap:
             self._compact()
@@ -49,18 +53,21 @@ class CappedFile:
         self.size = len(note) + len(tail)
         self.f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
 
-    def close(self) -> None:
-        if self.f is not None:
-            if self.cap and self.size - self.note_len > self.cap:
-                self._compact()  # what stays behind is the tail, at most `cap` bytes
-            assert self.f is not None
-            self.f.close()
-            self.f = None
+    def discard(self) -> None:
+        """Removes a file left by an earlier run of the same attempt number (a recovered job)."""
         try:
-            if os.path.getsize(self.path) == 0:
-                os.unlink(self.path)  # nothing printed: no file
+            os.unlink(self.path)
         except OSError:
             pass
+
+    def close(self) -> None:
+        if self.f is None:
+            return
+        if self.cap and self.size - self.note_len > self.cap:
+            self._compact()  # what stays behind is the tail, at most `cap` bytes
+        assert self.f is not None
+        self.f.close()
+        self.f = None
 
 
 class Pump:
@@ -73,15 +80,18 @@ class Pump:
     def open(self) -> bool:
         return bool(self.streams)
 
-    def pump(self, timeout: float) -> None:
-        if not self.streams:
+    def pump(self, timeout: float, exit_fd: int | None = None) -> None:
+        """Copies what arrives within `timeout`; returns early when `exit_fd` (a pidfd) fires."""
+        watched = list(self.streams) + ([exit_fd] if exit_fd is not None else [])
+        if not watched:
             return
         try:
-            ready, _, _ = select.select(list(self.streams), [], [], timeout)
+            ready, _, _ = select.select(watched, [], [], timeout)
         except InterruptedError:
             return
         for fd in ready:
-            self._read(fd)
+            if fd in self.streams:
+                self._read(fd)
 
     def _read(self, fd: int) -> None:
         pipe, sink = self.streams[fd]

@@ -121,6 +121,12 @@ class Storage(ABC):
         there is nothing to recover.
         """
 
+    def begin_batching(self) -> None:
+        """Lets the backend buffer its bookkeeping (counts, metrics) briefly; a worker's choice."""
+
+    def flush(self) -> None:
+        """Writes buffered bookkeeping now (workers call it when idle and before exiting)."""
+
     def maintain(self) -> None:
         """Housekeeping when a manager starts: rebuild caches, clear what dead processes left."""
 

@@ -23,7 +23,7 @@ from .job import Job
 from .output import CappedFile, Pump, tail_line
 from .queue import Outcome, QueueManager
 from .storage import ManagerInfo, Storage, get_storage, new_owner_id
-from .utils.proc import describe_exit, kill_group, spawn_shell
+from .utils.proc import describe_exit, exit_fd, kill_group, spawn_shell
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,12 @@ class Worker:
     def register(self) -> None:
         if not self._registered:
             self.storage.register_owner(self.owner)
+            self.storage.begin_batching()
             self._registered = True
 
     def unregister(self) -> None:
         if self._registered:
+            self.storage.flush()
             self.storage.unregister_owner(self.owner)
             self._registered = False
 
@@ -83,6 +85,7 @@ class Worker:
                     log.warning("Worker %s: manager is gone; stopping", self.name)
                     break
                 if not self.run_once():
+                    self.storage.flush()
                     self.storage.wait_for_work(self.owner, self.manager.config.poll_interval)
         finally:
             self.unregister()
@@ -134,12 +137,15 @@ class Worker:
         cap = self.manager.config.log_max_bytes
         started = time.time()
         sinks = [CappedFile(out_path, cap), CappedFile(err_path, cap)]
+        if any(h.get("attempt") == job.attempts for h in job.history):
+            for sink in sinks:  # this attempt number ran before and was given back: start clean
+                sink.discard()
         try:
             if SELECTABLE_PIPES:
                 proc = spawn_shell(job.command, subprocess.PIPE, subprocess.PIPE)
                 pump = Pump({proc.stdout: sinks[0], proc.stderr: sinks[1]})  # type: ignore[dict-item]
             else:  # no select() on pipes: the command writes the files itself, uncapped
-                proc = spawn_shell(job.command, sinks[0].f, sinks[1].f)  # type: ignore[arg-type]
+                proc = spawn_shell(job.command, sinks[0].fileobj(), sinks[1].fileobj())
                 pump = Pump({})
         except OSError as e:
             for sink in sinks:
@@ -176,29 +182,34 @@ class Worker:
         """Waits for the command, copying its output: 'exited', or 'timeout', 'cancelled' or
         'forced' after ending its process group."""
         deadline = time.monotonic() + timeout if timeout else None
-        while True:
-            step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
-            if pump.open:
-                pump.pump(step)
-                if proc.poll() is not None:
-                    return "exited"  # output still held open by its background children is left
-            else:
-                try:
-                    proc.wait(timeout=step)
-                    return "exited"
-                except subprocess.TimeoutExpired:
-                    pass
-            if self.force_event.is_set():
-                reason = "forced"
-            elif deadline is not None and time.monotonic() >= deadline:
-                reason = "timeout"
-            elif self.storage.cancel_requested(job_id):
-                reason = "cancelled"
-            else:
-                continue
-            kill_group(proc.pid, KILL_GRACE, proc)
-            proc.wait()
-            return reason
+        pidfd = exit_fd(proc.pid)
+        try:
+            while True:
+                step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+                if pump.open or pidfd is not None:
+                    pump.pump(step, pidfd)
+                    if proc.poll() is not None:
+                        return "exited"  # output still held open by background children is left
+                else:
+                    try:
+                        proc.wait(timeout=step)
+                        return "exited"
+                    except subprocess.TimeoutExpired:
+                        pass
+                if self.force_event.is_set():
+                    reason = "forced"
+                elif deadline is not None and time.monotonic() >= deadline:
+                    reason = "timeout"
+                elif self.storage.cancel_requested(job_id):
+                    reason = "cancelled"
+                else:
+                    continue
+                kill_group(proc.pid, KILL_GRACE, proc)
+                proc.wait()
+                return reason
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
 
 
 def setup_logging(level: str) -> None:

@@ -119,3 +119,15 @@ def spawn_detached(argv: list[str], log_path: str) -> int:
         return subprocess.Popen(argv, **kwargs).pid
     finally:
         os.close(fd)
+
+
+def exit_fd(pid: int) -> int | None:
+    """A descriptor that becomes readable when `pid` exits (Linux pidfd), so waiting needs no
+    polling; None where the platform has none."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return pidfd_open(pid)
+    except OSError:
+        return None
