@@ -411,15 +411,17 @@ class QueueManager:
         if state not in (JobState.COMPLETED, JobState.DEAD):
             raise ValidationError("only completed or dead jobs can be purged")
         cutoff = time.time() - older_than if older_than is not None else None
+        return self._delete(j for j in self.list_jobs(state) if cutoff is None or _finished(j) <= cutoff)
+
+    def _delete(self, jobs: Iterable[Job]) -> int:
+        """Deletes the jobs that are still as read; returns how many went."""
         removed = 0
-        for job in self.list_jobs(state):
-            if cutoff is not None and _finished(job) > cutoff:
-                continue
+        for job in jobs:
             try:
                 self.storage.delete(job)
                 removed += 1
             except ConflictError:
-                continue
+                continue  # moved meanwhile (retried, already purged)
         return removed
 
     def trim_completed(self) -> int:
@@ -433,14 +435,7 @@ class QueueManager:
         if count <= keep * TRIM_SLACK:
             return 0
         jobs = sorted(self.list_jobs(JobState.COMPLETED), key=_finished)
-        removed = 0
-        for job in jobs[: max(0, len(jobs) - keep)]:
-            try:
-                self.storage.delete(job)
-                removed += 1
-            except ConflictError:
-                continue
-        return removed
+        return self._delete(jobs[: max(0, len(jobs) - keep)])
 
     def request_stop(self, force: bool = False) -> list[ManagerInfo]:
         """Asks every running manager to stop; returns those that were running."""

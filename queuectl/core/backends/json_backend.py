@@ -160,7 +160,8 @@ class JsonStorage(Storage):
         marker = self._p("ids", job.id)
         self._mark_id(marker, job.id)
         try:
-            fs.write_new(self._path(job), job.to_json(), self._p("tmp"))
+            # the O_EXCL id marker already made the name unique, so a plain atomic replace is safe
+            fs.write_file(self._path(job), job.to_json())
         except BaseException:
             _unlink(marker)
             raise
@@ -175,7 +176,7 @@ class JsonStorage(Storage):
                 marker = self._p("ids", job.id)
                 self._mark_id(marker, job.id)
                 added.append((marker, self._path(job)))
-                fs.write_new(added[-1][1], job.to_json(), self._p("tmp"), durable=False)
+                fs.write_file(added[-1][1], job.to_json(), durable=False)
         except BaseException:
             for marker, path in added:
                 _unlink(path)

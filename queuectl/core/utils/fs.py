@@ -55,34 +55,6 @@ def write_file(path: str, data: bytes, durable: bool = True, sync_dir: bool = Tr
         fsync_dir(folder)
 
 
-def write_new(path: str, data: bytes, tmp_dir: str, durable: bool = True) -> None:
-    """Writes a file that must not exist yet, atomically; FileExistsError if it does."""
-    tmp = os.path.join(tmp_dir, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
-    try:
-        try:
-            _write_all(fd, data)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        link_or_rename(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    if durable:
-        fsync_dir(os.path.dirname(path))
-
-
-def link_or_rename(src: str, dst: str) -> None:
-    """Moves src to dst only if dst does not exist (FileExistsError otherwise)."""
-    if hasattr(os, "link") and os.name == "posix":
-        os.link(src, dst)  # fails with EEXIST instead of silently replacing
-        os.unlink(src)
-    else:
-        os.rename(src, dst)  # Windows: rename refuses an existing target
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
