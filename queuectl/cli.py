@@ -124,8 +124,13 @@ def cli(ctx: click.Context, storage_path: str) -> None:
       queuectl status
       queuectl dlq list
     """
+    if ctx.get_parameter_source("storage_path") is click.core.ParameterSource.DEFAULT:
+        storage_path = os.environ.get("QUEUECTL_REDIS_URL") or storage_path
     if not storage_path.strip():
         raise click.BadParameter("must not be empty", param_hint="--storage-path")
+    if storage_path.startswith(("redis://", "rediss://")):
+        from .core.backends.redis_backend import SecretURL
+        storage_path = SecretURL(storage_path)  # `config` and logs show it without the password
     app = App(storage_path)
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -255,10 +260,11 @@ def _detach(app: App, count: int, timeout: float | None) -> tuple[int, str]:
     """Starts `start` again in its own session, logging to a file; waits until it is listed."""
     from .core.utils.proc import spawn_detached
     log_path = os.path.join(app.manager.storage.log_dir(), f"manager-{time.strftime('%Y%m%d-%H%M%S')}.log")
-    argv = [sys.executable, "-m", "queuectl", "--storage-path", app.storage_path, "start", "--count", str(count)]
+    argv = [sys.executable, "-m", "queuectl", "start", "--count", str(count)]
     if timeout:
         argv += ["--timeout", str(timeout)]
-    pid = spawn_detached(argv, log_path)
+    # the store travels in the environment, not argv: `ps` shows argv to every user
+    pid = spawn_detached(argv, log_path, {STORAGE_ENV: str.__str__(app.storage_path)})
     deadline = time.monotonic() + DETACH_WAIT
     while time.monotonic() < deadline:
         if any(m.pid == pid for m in app.manager.managers()):

@@ -17,15 +17,56 @@ from queuectl.core.storage import get_storage
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["memory", "json"])
+@pytest.fixture(params=["memory", "json", "redis"])
 def storage(request, tmp_path):
     """Every storage backend in turn; the contract suite runs against each."""
     if request.param == "memory":
         store = get_storage(f"memory://{uuid.uuid4().hex}")
+    elif request.param == "redis":  # a fresh key prefix per test on the session's server
+        store = get_storage(request.getfixturevalue("redis_server").url(prefix=f"t-{uuid.uuid4().hex[:12]}"))
     else:
         store = get_storage(str(tmp_path / "data"))
     yield store
     store.close()
+
+
+def redis_unavailable() -> None:
+    """Skips a Redis test where Redis cannot run; fails it instead when CI is set."""
+    from redis_server import unavailable
+    reason = unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI is set, so the Redis tests must run", pytrace=False)
+    pytest.skip(f"Redis tests skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One private redis-server per test session (never the system one), stopped at the end."""
+    redis_unavailable()
+    from redis_server import RedisServer
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_servers(redis_server, tmp_path):
+    """Starts extra servers (with a password, with an AOF...) for one test; all stopped after it."""
+    from redis_server import RedisServer
+    started: list[RedisServer] = []
+
+    def start(*extra: str, password: str | None = None) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", *extra, password=password)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

@@ -65,7 +65,8 @@ class QueueManager:
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = Config(self.storage.load_config(), self.storage_path)
+            # the backend's display name: never a password, whatever the user typed
+            self._config = Config(self.storage.load_config(), self.storage.display)
         return self._config
 
     def set_config(self, key: str, raw: Any) -> tuple[str, Any]:

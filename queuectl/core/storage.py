@@ -234,16 +234,30 @@ class Storage(ABC):
         """Wakes up to `count` idle workers after new work arrives. Default: nothing (they poll)."""
 
 
+def host_id() -> str:
+    """This host's name in ids and listings (QUEUECTL_HOST_ID overrides the machine's)."""
+    return os.environ.get("QUEUECTL_HOST_ID") or socket.gethostname()
+
+
 def new_owner_id(kind: str) -> str:
     """Unique for all time, so a dead owner's id is never reused by a live one."""
-    host = socket.gethostname().split(".")[0].replace("_", "-")[:20] or "host"
+    host = host_id().split(".")[0].replace("_", "-")[:20] or "host"
     return f"{kind}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def get_storage(path: str) -> Storage:
-    """The backend for `path`: `memory://` for tests, else a JSON directory."""
+    """The backend for `path`: `memory://` for tests, `redis://` or `rediss://`, else a JSON directory."""
     if path.startswith("memory://"):
         from .backends.memory_backend import MemoryStorage
         return MemoryStorage.named(path)
+    if path.startswith(("redis://", "rediss://")):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            from .errors import StorageError
+            raise StorageError("the Redis backend needs redis-py: install the redis extra: "
+                               "pip install -e '.[redis]'") from None
+        from .backends.redis_backend import RedisStorage
+        return RedisStorage(path)
     from .backends.json_backend import JsonStorage
     return JsonStorage(path)

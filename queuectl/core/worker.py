@@ -10,7 +10,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from .errors import ConflictError, QueuectlError
 from .job import Job
 from .output import CappedFile, Pump, tail_line
 from .queue import Outcome, QueueManager
-from .storage import ManagerInfo, Storage, get_storage, new_owner_id
+from .storage import ManagerInfo, Storage, get_storage, host_id, new_owner_id
 from .utils.proc import describe_exit, exit_fd, kill_group, spawn_shell
 
 log = logging.getLogger(__name__)
@@ -262,7 +261,7 @@ class WorkerPool:
         self.manager.prepare_start()
         self.storage.register_manager(ManagerInfo(
             id=self.id, pid=os.getpid(), workers=self.count, started_at=begin,
-            host=socket.gethostname(), storage=self.storage.display))
+            host=host_id(), storage=self.storage.display))
         try:
             for i in range(1, self.count + 1):
                 self._spawn(i)

@@ -106,11 +106,12 @@ def describe_exit(returncode: int) -> str:
     return f"Exit code {returncode}"
 
 
-def spawn_detached(argv: list[str], log_path: str) -> int:
+def spawn_detached(argv: list[str], log_path: str, env: dict[str, str] | None = None) -> int:
     """Starts a process that outlives us, in its own session, its output appended to a log file."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": fd, "stderr": fd, "close_fds": True}
+        kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": fd, "stderr": fd, "close_fds": True,
+                        "env": {**os.environ, **(env or {})}}
         if POSIX:
             kwargs["start_new_session"] = True
         else:
