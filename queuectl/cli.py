@@ -473,11 +473,9 @@ def list_jobs(app: App, state: str | None, wide: bool, limit: int, offset: int, 
       queuectl list --json
     """
     from tabulate import tabulate
-    everything = app.manager.list_jobs(JobState(state.lower()) if state else None)
-    end = max(0, len(everything) - offset)
-    jobs = everything[max(0, end - limit):end]
+    total, jobs = app.manager.page(JobState(state.lower()) if state else None, limit, offset)
     if as_json:
-        _emit({"total": len(everything), "limit": limit, "offset": offset,
+        _emit({"total": total, "limit": limit, "offset": offset,
                "jobs": [j.public_dict() for j in jobs]})
         return
     if not jobs:
@@ -490,7 +488,7 @@ def list_jobs(app: App, state: str | None, wide: bool, limit: int, offset: int, 
         for row, j in zip(rows, jobs):
             row += [j.priority, _due(j), ",".join(a[:8] for a in j.after), _cut(j.last_error or "", ERROR_WIDTH)]
     click.echo(tabulate(rows, headers=headers))
-    older = end - len(jobs)
+    older = max(0, total - offset - len(jobs))
     if older:
         click.echo(f"... {older} older job(s) not shown (use --limit and --offset)")
 

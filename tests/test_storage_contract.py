@@ -264,3 +264,17 @@ def test_metrics_follow_finished_attempts(storage):
     agg = storage.metrics()
     assert agg["attempts_total"] == 1 and agg["completed_total"] == 1
     assert agg["run_ms"]["count"] == 1 and agg["run_ms"]["max"] == 250
+
+
+def test_page_returns_the_newest_window_oldest_first(storage):
+    storage.register_owner("w1")
+    for i in range(10):
+        storage.add(make(job_id=f"j{i}"))
+    job = storage.claim("w1", time.time())  # j0 moves to processing: order must not change
+    storage.update(job, job.evolve(state=JobState.COMPLETED))
+    total, jobs = storage.page(None, 3, 0)
+    assert total == 10 and [j.id for j in jobs] == ["j7", "j8", "j9"]
+    total, jobs = storage.page(None, 3, 8)
+    assert [j.id for j in jobs] == ["j0", "j1"]
+    assert storage.page(JobState.COMPLETED, 5, 0)[1][0].id == "j0"
+    assert storage.page(JobState.DEAD, 5, 0) == (0, [])

@@ -195,6 +195,10 @@ class QueueManager:
     def list_jobs(self, state: JobState | None = None) -> list[Job]:
         return list(self.storage.jobs(state))
 
+    def page(self, state: JobState | None, limit: int, offset: int = 0) -> tuple[int, list[Job]]:
+        """The `limit` newest jobs after skipping the `offset` newest (oldest first), and the total."""
+        return self.storage.page(state, limit, offset)
+
     def counts(self) -> dict[JobState, int]:
         return self.storage.counts()
 

@@ -81,6 +81,15 @@ class Storage(ABC):
     def jobs(self, state: JobState | None = None) -> Iterator[Job]:
         """Jobs in `state` (all states if None), oldest enqueue first; empty when none."""
 
+    def page(self, state: JobState | None, limit: int, offset: int) -> tuple[int, list[Job]]:
+        """(how many match, the `limit` newest after skipping the `offset` newest, oldest first).
+
+        The default reads every match; backends that can order without reading override it.
+        """
+        found = list(self.jobs(state))
+        end = max(0, len(found) - offset)
+        return len(found), found[max(0, end - limit):end]
+
     @abstractmethod
     def counts(self) -> dict[JobState, int]:
         """Number of jobs in each state, without reading every job; zeros when empty."""

@@ -8,7 +8,7 @@ Layout of the data directory (0700; every file 0600)::
     pending/<prio>_<due_ms>_<seq>_<id>.json   waiting jobs; the name alone orders them
     failed/<prio>_<due_ms>_<seq>_<id>.json    jobs waiting for a retry
     processing/<owner>__<id>.json             jobs taken by a live owner
-    completed/<id>.json  dead/<id>.json
+    completed/<seq>_<id>.json  dead/<seq>_<id>.json   (ids/<id> holds the seq)
     owners/<owner>.lock         held (flock) by each worker or CLI process that moves jobs
     managers/<id>.json + .lock  running `start` processes
     unique/<sha256 of key>      the id of the job a unique key was last given to
@@ -91,7 +91,7 @@ class JsonStorage(Storage):
             return self._p("processing", f"{job.worker_id}__{job.id}.json")
         if job.state in RUNNABLE:
             return self._p(job.state.value, self._runnable_name(job))
-        return self._p(job.state.value, f"{job.id}.json")
+        return self._p(job.state.value, f"{job.seq}_{job.id}.json")
 
     # -- store ---------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -158,7 +158,7 @@ class JsonStorage(Storage):
     def add(self, job: Job) -> None:
         self._ensure()
         marker = self._p("ids", job.id)
-        self._mark_id(marker, job.id)
+        self._mark_id(marker, job)
         try:
             # the O_EXCL id marker already made the name unique, so a plain atomic replace is safe
             fs.write_file(self._path(job), job.to_json())
@@ -174,7 +174,7 @@ class JsonStorage(Storage):
         try:
             for job in jobs:
                 marker = self._p("ids", job.id)
-                self._mark_id(marker, job.id)
+                self._mark_id(marker, job)
                 added.append((marker, self._path(job)))
                 fs.write_file(added[-1][1], job.to_json(), durable=False)
         except BaseException:
@@ -185,13 +185,18 @@ class JsonStorage(Storage):
         sync_all()
         self._count({JobState.PENDING: len(added)})
 
-    def _mark_id(self, marker: str, job_id: str) -> None:
+    def _mark_id(self, marker: str, job: Job) -> None:
+        """Claims the id (O_EXCL) and records its enqueue sequence, which names finished files."""
         try:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fs.FILE_MODE)
-            os.close(fd)
+            try:
+                os.write(fd, str(job.seq).encode())
+            finally:
+                os.close(fd)
         except FileExistsError:
-            if self.get(job_id) is not None:
-                raise DuplicateJobError(f"a job with id '{job_id}' already exists") from None
+            if self.get(job.id) is not None:
+                raise DuplicateJobError(f"a job with id '{job.id}' already exists") from None
+            fs.write_file(marker, str(job.seq).encode(), durable=False)
             # a marker left by an enqueue that died before its job file landed: reuse it
         except OSError as e:
             raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
@@ -199,12 +204,20 @@ class JsonStorage(Storage):
     def get(self, job_id: str) -> Job | None:
         if not self.exists():
             return None
+        try:
+            seq = int(fs.read_file(self._p("ids", job_id)) or b"x")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            seq = None
         for _attempt in range(2):  # a job may move between folders while we look
-            for state in (JobState.COMPLETED, JobState.DEAD):
-                job = self._read(self._p(state.value, f"{job_id}.json"), state, missing_ok=True)
-                if job is not None:
-                    return job
-            for state in (JobState.PROCESSING, JobState.PENDING, JobState.FAILED):
+            if seq is not None:
+                for state in (JobState.COMPLETED, JobState.DEAD):
+                    job = self._read(self._p(state.value, f"{seq}_{job_id}.json"), state, missing_ok=True)
+                    if job is not None:
+                        return job
+            for state in ((JobState.PROCESSING, JobState.PENDING, JobState.FAILED) if seq is not None
+                          else tuple(JobState)):
                 for name in self._names(state.value):
                     if _id_of(name, state) == job_id:
                         job = self._read(self._p(state.value, name), state, missing_ok=True)
@@ -216,6 +229,26 @@ class JsonStorage(Storage):
 
     def match_ids(self, prefix: str) -> list[str]:
         return sorted(n for n in self._names("ids") if n.startswith(prefix))
+
+    def page(self, state: JobState | None, limit: int, offset: int) -> tuple[int, list[Job]]:
+        """Sorts by the enqueue sequence in the file names and reads only the page's files."""
+        if not self.exists():
+            return 0, []
+        entries: list[tuple[int, str, JobState, str]] = []
+        for st in (state,) if state else tuple(JobState):
+            for name in self._names(st.value):
+                seq = _seq_of(name, st)
+                if seq is None:  # processing/: few files, the sequence is inside
+                    job = self._read(self._p(st.value, name), st, missing_ok=True)
+                    if job is None:
+                        continue
+                    seq = job.seq
+                entries.append((seq, _id_of(name, st) or "", st, name))
+        entries.sort()
+        end = max(0, len(entries) - offset)
+        window = entries[max(0, end - limit):end]
+        jobs = [j for _, _, st, name in window if (j := self._read(self._p(st.value, name), st, missing_ok=True))]
+        return len(entries), jobs
 
     def jobs(self, state: JobState | None = None) -> Iterator[Job]:
         if not self.exists():
@@ -744,7 +777,20 @@ def _id_of(name: str, state: JobState) -> str | None:
         return parsed[3] if parsed else None
     if state is JobState.PROCESSING:
         return name[:-5].partition("__")[2] or None
-    return name[:-5]
+    return name[:-5].partition("_")[2] or None
+
+
+def _seq_of(name: str, state: JobState) -> int | None:
+    """The enqueue sequence a file name carries (None for processing/ names)."""
+    try:
+        if state in RUNNABLE:
+            parsed = _parse_runnable(name)
+            return parsed[2] if parsed else None
+        if state is JobState.PROCESSING:
+            return None
+        return int(name.partition("_")[0])
+    except ValueError:
+        return None
 
 
 def _unlink(path: str) -> None:
