@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # A unique key stays taken while its job is in one of these states.
 LIVE_STATES = (JobState.PENDING, JobState.FAILED, JobState.PROCESSING)
+# Seconds a unique key reserved by an enqueue whose job is not stored yet stays taken.
+UNIQUE_GRACE = 30.0
 # Trimming by count starts once there are this much more completed jobs than kept, so it runs
 # in batches rather than on every completion.
 TRIM_SLACK = 1.1
@@ -123,14 +125,23 @@ class QueueManager:
         return self.storage.get(job.id) or job, False
 
     def _reserve_unique(self, job: Job) -> Job | None:
-        """Gives the job its unique key, or returns the live job that holds it."""
+        """Gives the job its unique key, or returns the live job that holds it.
+
+        The key's value is "<id>@<time reserved>": a holder whose job is not stored yet is an
+        enqueue in flight, and counts as live for UNIQUE_GRACE seconds (after that, an enqueue
+        that died between reserving and storing).
+        """
         assert job.unique_key is not None
         while True:
-            holder = self.storage.unique_holder(job.unique_key)
+            raw = self.storage.unique_holder(job.unique_key)
+            holder, _, reserved = (raw or "").partition("@")
             current = self.storage.get(holder) if holder else None
             if current is not None and current.state in LIVE_STATES:
                 return current
-            if self.storage.reserve_unique(job.unique_key, job.id, holder):
+            if current is None and holder and time.time() - _float(reserved) < UNIQUE_GRACE:
+                time.sleep(0.01)  # its enqueue is still writing the job: look again
+                continue
+            if self.storage.reserve_unique(job.unique_key, f"{job.id}@{time.time():.3f}", raw):
                 return None
 
     def _add_with_dependencies(self, job: Job) -> None:
@@ -272,7 +283,8 @@ class QueueManager:
             new = job.evolve(state=JobState.FAILED, last_error=outcome.error,
                              due_at=time.time() + delay, **common)
         self.storage.update(job, new)
-        if new.state in (JobState.COMPLETED, JobState.DEAD):
+        if new.state in (JobState.COMPLETED, JobState.DEAD) and self.storage.dependants(job.id):
+            self.storage.flush()  # the result must be visible before the waiting jobs look at it
             self._settle_dependants(job.id)
         return new
 
@@ -448,6 +460,13 @@ class QueueManager:
         if running:
             self.storage.request_stop(force)
         return running
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
 
 
 def _finished(job: Job) -> float:

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from typing import Any, Callable, Iterator
 
 from filelock import FileLock
@@ -77,6 +78,8 @@ class JsonStorage(Storage):
         self._changes: list[tuple[Job, Job, float]] = []
         self._batching = False
         self._flushed_at = 0.0
+        self._commits: list[tuple[str, str, Job, Job]] = []
+        self._notes: dict[str, dict[str, Any]] = {}
 
     # -- paths ---------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -120,7 +123,7 @@ class JsonStorage(Storage):
         self._ready = True
 
     def close(self) -> None:
-        if self._ready:
+        if self._ready or self._commits:
             self.flush()
         if self._wake_fd is not None:
             os.close(self._wake_fd)
@@ -182,7 +185,7 @@ class JsonStorage(Storage):
                 _unlink(path)
                 _unlink(marker)
             raise
-        sync_all()
+        fs.sync_filesystem(self.root, [path for _, path in added])
         self._count({JobState.PENDING: len(added)})
 
     def _mark_id(self, marker: str, job: Job) -> None:
@@ -202,6 +205,7 @@ class JsonStorage(Storage):
             raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
 
     def get(self, job_id: str) -> Job | None:
+        self._read_own_writes()
         if not self.exists():
             return None
         try:
@@ -232,6 +236,7 @@ class JsonStorage(Storage):
 
     def page(self, state: JobState | None, limit: int, offset: int) -> tuple[int, list[Job]]:
         """Sorts by the enqueue sequence in the file names and reads only the page's files."""
+        self._read_own_writes()
         if not self.exists():
             return 0, []
         entries: list[tuple[int, str, JobState, str]] = []
@@ -251,6 +256,7 @@ class JsonStorage(Storage):
         return len(entries), jobs
 
     def jobs(self, state: JobState | None = None) -> Iterator[Job]:
+        self._read_own_writes()
         if not self.exists():
             return iter(())
         found: list[Job] = []
@@ -307,6 +313,8 @@ class JsonStorage(Storage):
         self._batching = True
 
     def flush(self) -> None:
+        if self._commits:
+            self._commit()
         if not self._delta and not self._changes:
             return
         delta, changes = self._delta, self._changes
@@ -395,6 +403,16 @@ class JsonStorage(Storage):
             src = self._path(old)
             if not os.path.exists(src):
                 raise ConflictError(f"job {old.id} is no longer processing")
+            mine = old.worker_id in self._owners
+            if mine and new.state is JobState.PROCESSING and new.worker_id == old.worker_id:
+                # An attempt starts. Rewriting the file would cost a flush (ext4 flushes a file
+                # renamed over another); the owner's lock note records it instead (see _read).
+                self._note(old.worker_id, job=new.id, attempt=new.attempts, started_at=new.started_at)
+                self._count({}, (old, new))
+                return
+            if mine and self._batching and new.state is not JobState.PROCESSING:
+                self._queue_commit(src, old, new)
+                return
         else:
             src = self._grab(old)
         final = new.state is not JobState.PROCESSING
@@ -408,6 +426,41 @@ class JsonStorage(Storage):
             # rename, the file is back in processing/ saying where it goes; `recover` moves it.
             os.rename(src, dst)
         self._count({old.state: -1, new.state: 1} if old.state is not new.state else {}, (old, new))
+
+    def _read_own_writes(self) -> None:
+        """A process reading the store sees its own batched results."""
+        if self._commits:
+            self.flush()
+
+    def _queue_commit(self, src: str, old: Job, new: Job) -> None:
+        """A worker's result: written now as a new file, made durable with the next batch.
+
+        Until the batch commits (within COUNT_FLUSH_INTERVAL, or when the worker idles or
+        exits) the job stays in processing/; if the worker dies first, the job runs again.
+        """
+        tmp = self._p("tmp", f".{new.id}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            fs.write_private(tmp, new.to_json())
+        except OSError as e:
+            _unlink(tmp)
+            raise StorageError(f"cannot write job {new.id}: {_reason(e)}") from e
+        self._commits.append((tmp, src, old, new))
+        if time.monotonic() - self._flushed_at >= COUNT_FLUSH_INTERVAL:
+            self.flush()
+
+    def _commit(self) -> None:
+        """One sync for the whole batch, then each result renamed to a name that is new."""
+        commits, self._commits = self._commits, []
+        try:
+            fs.sync_filesystem(self.root, [c[0] for c in commits])
+        except OSError as e:
+            for tmp, *_ in commits:
+                _unlink(tmp)
+            raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
+        for tmp, src, old, new in commits:
+            os.rename(tmp, self._path(new))  # a new name: no implicit flush, no replace
+            _unlink(src)  # were we killed before this, `recover` sees the result and drops src
+            self._count({old.state: -1, new.state: 1}, (old, new))
 
     def _grab(self, job: Job) -> str:
         """Takes a job that no worker holds into processing/ under this process's own owner."""
@@ -456,9 +509,10 @@ class JsonStorage(Storage):
                     continue  # alive
                 lock = fs.HeldLock(self._p("owners", f"{owner}.lock"))  # owner died unregistered
             try:
-                self._end_orphan_command(owner, fs.read_note(lock))
+                note = _parse_note(fs.read_note(lock))
+                self._end_orphan_command(owner, note)
                 for name in names:
-                    job = self._recover_one(name, decide)
+                    job = self._recover_one(name, decide, note)
                     if job is not None:
                         results.append(job)
             finally:
@@ -469,16 +523,13 @@ class JsonStorage(Storage):
             self.recount()  # a dead worker may have died with count changes unwritten
         return results
 
-    def _end_orphan_command(self, owner: str, note: str) -> None:
-        try:
-            pgid = int(note.split()[0]) if note else 0
-        except ValueError:
-            pgid = 0
-        if pgid > 0:
+    def _end_orphan_command(self, owner: str, note: dict[str, Any]) -> None:
+        pgid = note.get("pgid") or 0
+        if isinstance(pgid, int) and pgid > 0:
             log.warning("Ending process group %s left running by dead worker %s", pgid, owner)
             kill_group(pgid, ORPHAN_KILL_GRACE)
 
-    def _recover_one(self, name: str, decide: Callable[[Job], Job]) -> Job | None:
+    def _recover_one(self, name: str, decide: Callable[[Job], Job], note: dict[str, Any]) -> Job | None:
         path = self._p("processing", name)
         owner = name.partition("__")[0]
         try:
@@ -491,8 +542,15 @@ class JsonStorage(Storage):
             self._quarantine(path, f"unreadable job file ({e})")
             self._count({JobState.PROCESSING: -1})
             return None
+        for state in (JobState.COMPLETED, JobState.DEAD):
+            if os.path.exists(self._p(state.value, f"{job.seq}_{job.id}.json")):
+                _unlink(path)  # its result was committed; only the old copy was left
+                return None
         written_state = job.state
         job.state, job.worker_id = JobState.PROCESSING, owner
+        if note.get("job") == job.id and written_state is not JobState.PROCESSING:
+            job.attempts, job.started_at = int(note.get("attempt") or job.attempts + 1), note.get("started_at")
+            written_state = JobState.PROCESSING  # the attempt had started (the owner's note says so)
         if written_state is JobState.PROCESSING:
             new = decide(job)  # the attempt was cut short: the queue's rules say what follows
         else:
@@ -504,8 +562,9 @@ class JsonStorage(Storage):
 
     def _sweep_owner_locks(self) -> None:
         """Removes lock files of owners that died holding no job (killed CLI calls)."""
+        holders = {n.partition("__")[0] for n in self._names("processing")}
         for name in self._names("owners"):
-            if not name.endswith(".lock") or name[:-5] in self._owners:
+            if not name.endswith(".lock") or name[:-5] in self._owners or name[:-5] in holders:
                 continue
             lock = fs.take_stale_lock(self._p("owners", name))
             if lock is not None:
@@ -564,13 +623,25 @@ class JsonStorage(Storage):
 
     def unregister_owner(self, owner: str) -> None:
         lock = self._owners.pop(owner, None)
+        self._notes.pop(owner, None)
         if lock is not None:
-            lock.release()
+            # a lock file that still explains a job in processing/ stays for `recover` to read
+            holds_jobs = any(n.startswith(f"{owner}__") for n in self._names("processing"))
+            lock.release(remove=not holds_jobs)
 
     def note_running(self, owner: str, pgid: int | None) -> None:
+        self._note(owner, pgid=pgid or 0)
+
+    def _note(self, owner: str, **fields: Any) -> None:
+        """The owner's lock note: the attempt it runs and its process group, for recovery."""
         lock = self._owners.get(owner)
-        if lock is not None:
-            lock.note(str(pgid or 0))
+        if lock is None:
+            return
+        note = self._notes.setdefault(owner, {})
+        if "job" in fields:
+            note.clear()
+        note.update(fields)
+        lock.note(json.dumps(note))
 
     def register_manager(self, info: ManagerInfo) -> None:
         self._ensure()
@@ -709,7 +780,21 @@ class JsonStorage(Storage):
             self._quarantine(path, f"unreadable job file ({e})")
             return None
         job.state = state  # the folder, not the content, is the truth
+        if state is JobState.PROCESSING:
+            self._overlay_note(path, job)
         return job
+
+    def _overlay_note(self, path: str, job: Job) -> None:
+        """A running job's attempt and start time live in its owner's lock note."""
+        owner = os.path.basename(path).partition("__")[0]
+        job.worker_id = owner
+        if owner in self._notes:
+            note = self._notes[owner]
+        else:
+            note = _parse_note(fs.probe_lock(self._p("owners", f"{owner}.lock"))[1])
+        if note.get("job") == job.id and note.get("attempt"):
+            job.attempts = int(note["attempt"])
+            job.started_at = note.get("started_at")
 
     def _write(self, path: str, data: bytes, durable: bool = True, sync_dir: bool = True) -> None:
         try:
@@ -751,10 +836,12 @@ def check_private(path: str) -> None:
                 f"run: chmod 700 '{path}'")
 
 
-def sync_all() -> None:
-    """Flushes every file written so far; one call makes a whole batch durable."""
-    if hasattr(os, "sync"):
-        os.sync()
+def _parse_note(text: str) -> dict[str, Any]:
+    try:
+        note = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return note if isinstance(note, dict) else {}
 
 
 def _parse_runnable(name: str) -> tuple[int, int, int, str] | None:
