@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/queuectl: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,redis]'
+	$(BIN)/pip install -q -e '.[dev,redis,dashboard]'
 	@touch $@
 
 install: $(BIN)/queuectl

@@ -872,3 +872,7 @@ def _uptime(started: float) -> str:
 
 def main() -> None:
     cli.main()
+
+from .dashboard.command import dashboard  # noqa: E402  (Flask loads only when it runs)
+
+cli.add_command(dashboard)

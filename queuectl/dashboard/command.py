@@ -1,0 +1,96 @@
+"""`queuectl dashboard`: serves the web dashboard with waitress until Ctrl+C.
+
+Importing this module loads neither Flask nor waitress, so the CLI works without the extra.
+"""
+from __future__ import annotations
+
+import ipaddress
+import signal
+from typing import Any
+
+import click
+
+from ..core.errors import QueuectlError
+
+TOKEN_ENV = "QUEUECTL_DASHBOARD_TOKEN"
+# Threads serving requests: a few browsers polling every second need few.
+THREADS = 8
+MISSING_EXTRA = ("the dashboard needs Flask and waitress: install the dashboard extra: "
+                 "pip install -e '.[dashboard]'")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the dashboard on this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def url_of(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--token", envvar=TOKEN_ENV, metavar="TOKEN",
+              help=f"Changing actions (retry, purge) need this token (also ${TOKEN_ENV}).")
+@click.pass_obj
+def dashboard(app: Any, host: str, port: int, token: str | None) -> None:
+    """Serve the web dashboard: live counts, charts, jobs, output, the DLQ, workers.
+
+    Binds 127.0.0.1 unless --host says otherwise. On any other address without --token it is
+    read-only. Install it with: pip install -e '.[dashboard]'
+
+    \b
+    Examples:
+      queuectl dashboard
+      queuectl dashboard --port 9000
+      QUEUECTL_DASHBOARD_TOKEN=s3cret queuectl dashboard --host 0.0.0.0
+    """
+    try:
+        from waitress import create_server
+
+        from . import create_app
+    except ImportError:
+        raise QueuectlError(MISSING_EXTRA) from None
+    token = token or None
+    local = is_loopback(host)
+    manager = app.manager
+    manager.counts()  # fails here, in one line, if the store cannot be read
+    if not local and token is None:
+        click.echo(f"Warning: the dashboard listens on {host} without a token: anyone who can reach it "
+                   "sees every job and its output; it is read-only (retry and purge are refused). "
+                   "Give --token to allow them.", err=True)
+    elif not local:
+        click.echo("Warning: plain HTTP: the token and job data cross the network unencrypted "
+                   "(put a TLS proxy in front).", err=True)
+    web = create_app(manager, token=token, read_only=not local and token is None, loopback_only=local)
+    try:
+        server = create_server(web, host=host, port=port, threads=THREADS, ident="queuectl")
+    except OSError as e:
+        raise QueuectlError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
+    for bound_host, bound_port in listening:
+        click.echo(f"Dashboard: {url_of(str(bound_host), int(bound_port))}")
+    if token:
+        click.echo("Retry and purge need the token: open /?token=TOKEN once, or send 'Authorization: Bearer TOKEN'")
+    click.echo("Press Ctrl+C to stop.")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.run()  # returns on Ctrl+C or SIGTERM
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    click.echo("Dashboard stopped")
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    """SIGTERM stops the server like Ctrl+C does."""
+    raise KeyboardInterrupt
