@@ -63,11 +63,11 @@ def test_four_workers_in_two_starts_run_each_job_exactly_once(proc, tmp_path):
 
 
 def test_a_sigkilled_workers_job_is_recovered_and_completed(proc, tmp_path):
-    marker = tmp_path / "marker"
-    job = proc.enqueue(f"sleep 3; echo done >> {marker}")
+    marker, began = tmp_path / "marker", tmp_path / "began"
+    job = proc.enqueue(f"echo x >> {began}; sleep 3; echo done >> {marker}")
     starter = proc.popen("start", "--count", "1")
     try:
-        assert wait_for(lambda: proc.counts()["processing"] == 1, timeout=20)
+        assert wait_for(began.exists, timeout=20)  # the attempt has really started
         [worker] = workers_of(starter.pid)
         os.kill(worker, signal.SIGKILL)
         killed_at = time.monotonic()
