@@ -441,6 +441,17 @@ class QueueManager:
                 continue  # moved meanwhile (retried, already purged)
         return removed
 
+    def purge_dead(self, ref: str) -> Job:
+        """Deletes one dead job (id or unique prefix) with its output; returns it as it was."""
+        job = self.resolve(ref)
+        if job.state is not JobState.DEAD:
+            raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
+        try:
+            self.storage.delete(job)
+        except ConflictError:
+            raise InvalidStateError(f"job {job.id} left the DLQ while we purged it") from None
+        return job
+
     def trim_completed(self) -> int:
         """Applies `keep_completed`: a count of jobs to keep, or an age like 7d; 0 keeps all."""
         keep = self.config.keep_completed

@@ -1,7 +1,7 @@
 """What the dashboard shows, computed from a QueueManager; no web framework in here.
 
 Every document matches the CLI's `--json` one where the CLI has it (README, "Machine-readable
-output"). `purge_one` is the one action QueueManager has no method for; it uses only public
+output"). `purge_one` is QueueManager.purge_dead under the API's name; everything goes through public
 QueueManager and Storage methods.
 """
 from __future__ import annotations
@@ -10,7 +10,6 @@ import os
 import time
 from typing import Any
 
-from ..core.errors import ConflictError, InvalidStateError
 from ..core.job import Job, JobState
 from ..core.queue import QueueManager
 
@@ -108,16 +107,5 @@ def attempt_numbers(job: Job) -> list[int]:
 
 
 def purge_one(manager: QueueManager, ref: str) -> Job:
-    """Deletes one dead job (id or unique prefix) with its output; returns it as it was.
-
-    QueueManager has `purge(state)` for all of them only; this does the same for one, through
-    the public Storage interface. InvalidStateError if the job is not in the DLQ.
-    """
-    job = manager.resolve(ref)
-    if job.state is not JobState.DEAD:
-        raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
-    try:
-        manager.storage.delete(job)
-    except ConflictError:
-        raise InvalidStateError(f"job {job.id} left the DLQ while we purged it") from None
-    return job
+    """Deletes one dead job (id or unique prefix) with its output; returns it as it was."""
+    return manager.purge_dead(ref)
