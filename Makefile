@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-fast demo verify lint bench bench-quick clean
+.PHONY: install test test-fast demo verify lint bench bench-quick bench-peers clean
 
 $(BIN)/queuectl: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ verify: install
 
 lint: install
 	$(BIN)/ruff check queuectl tests bench verify_all.py setup.py
+
+bench: install
+	$(BIN)/python bench/run.py
+
+bench-quick: install
+	$(BIN)/python bench/run.py --quick
+
+bench-peers:
+	bash bench/peers.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info build dist .pytest_cache

@@ -37,8 +37,6 @@ import time
 import uuid
 from typing import Any, Callable, Iterator
 
-from filelock import FileLock
-
 from .. import metrics
 from ..errors import ConflictError, DuplicateJobError, StorageError
 from ..job import Job, JobState
@@ -71,7 +69,6 @@ class JsonStorage(Storage):
         self._cli_owner: str | None = None
         self._candidates: list[tuple[tuple[int, int, str], JobState, str, str, float]] = []
         self._candidates_at = 0.0
-        self._counts_lock: FileLock | None = None
         self._warned: set[str] = set()
         self._wake_fd: int | None = None
         self._delta: dict[JobState, int] = {}
@@ -282,7 +279,15 @@ class JsonStorage(Storage):
         return counts
 
     def _scan_counts(self) -> dict[JobState, int]:
-        return {s: sum(1 for n in self._names(s.value) if n.endswith(".json")) for s in JobState}
+        return {s: self._count_files(s.value) for s in JobState}
+
+    def _count_files(self, sub: str) -> int:
+        """Counts job files without building a list of a million names."""
+        try:
+            with os.scandir(self._p(sub)) as it:
+                return sum(1 for e in it if e.name.endswith(".json") and not e.name.startswith("."))
+        except FileNotFoundError:
+            return 0
 
     def recount(self) -> dict[JobState, int]:
         """Rebuilds counts.json from the folders (after a crash may have left it behind)."""
@@ -802,13 +807,13 @@ class JsonStorage(Storage):
         except OSError as e:
             raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
 
-    def _lock(self, name: str) -> FileLock:
-        if name == "counts" and self._counts_lock is not None:
-            return self._counts_lock
-        lock = FileLock(self._p(f".{name}.lock"), mode=fs.FILE_MODE, thread_local=False)
+    def _lock(self, name: str) -> Any:
+        """The counts lock is taken with every batch of changes: a plain blocking flock, no
+        import and no polling. The rarer ones (config, unique keys, rate) use filelock."""
         if name == "counts":
-            self._counts_lock = lock
-        return lock
+            return fs.Mutex(self._p(".counts.lock"))
+        from filelock import FileLock
+        return FileLock(self._p(f".{name}.lock"), mode=fs.FILE_MODE, thread_local=False, poll_interval=0.001)
 
     def _quarantine(self, path: str, why: str) -> None:
         """Moves an unreadable file aside, once, and says so in the log."""

@@ -168,6 +168,34 @@ class HeldLock:
         self.fd = None
 
 
+class Mutex:
+    """A short critical section shared by processes: a blocking OS lock on a file that stays.
+
+    The kernel wakes the next waiter the moment the holder unlocks (or dies), so there is no
+    polling delay; the file is never unlinked, so every process locks the same inode.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> Mutex:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), FILE_MODE)
+        try:
+            _lock_blocking(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            _unlock(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
 def probe_lock(path: str) -> tuple[bool, str]:
     """(held, note): whether a live process holds the lock at `path`, and its note.
 
@@ -218,6 +246,9 @@ if fcntl is not None:
 
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_blocking(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
 else:
     def _try_lock(fd: int, exclusive: bool) -> bool:
         try:
@@ -230,6 +261,15 @@ else:
     def _unlock(fd: int) -> None:
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+    def _lock_blocking(fd: int) -> None:
+        while True:  # LK_LOCK gives up after about 10 s; keep waiting like flock does
+            try:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                return
+            except OSError:
+                continue
 
 
 def open_append(path: str) -> IO[bytes]:

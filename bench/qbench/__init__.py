@@ -1,0 +1,1 @@
+"""queuectl's benchmark: one module per measurement, driven by bench/run.py."""

@@ -1,0 +1,31 @@
+"""Drain: N `true` jobs enqueued first, then run by `queuectl start --count 1|2|4`.
+
+jobs/s runs from the earliest attempt start to the latest attempt finish that queuectl recorded,
+and is set beside the raw spawn limit at the same concurrency.
+"""
+from __future__ import annotations
+
+from .common import ratio, temp_dir
+from .qctl import drain, enqueue_specs, job_ids, spec_lines
+
+
+def drain_once(jobs: int, workers: int) -> dict:
+    """A fresh store, `jobs` pending `true` jobs, and one drain by `workers` workers."""
+    with temp_dir(f"drain{workers}") as tmp:
+        store = tmp / "data"
+        ids = job_ids(f"drain{workers}", jobs)
+        how = enqueue_specs(store, spec_lines(ids), tmp)
+        result = drain(store, ids, workers, tmp)
+        result["enqueued_with"] = how
+        return result
+
+
+def measure(jobs: int, raw: dict | None, worker_counts: tuple[int, ...] = (1, 2, 4)) -> dict:
+    """{"1": {...}, ...}: each with jobs_per_s and, when the raw limit was measured, its ratio."""
+    out = {}
+    for workers in worker_counts:
+        result = drain_once(jobs, workers)
+        limit = (raw or {}).get(str(workers), {}).get("jobs_per_s")
+        result["ratio_to_raw"] = ratio(result["jobs_per_s"], limit)
+        out[str(workers)] = result
+    return out

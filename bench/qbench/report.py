@@ -1,0 +1,115 @@
+"""The printed table: what | 1 worker | 2 workers | 4 workers | other, as in a README."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+HEADER = ("what", "1 worker", "2 workers", "4 workers", "other")
+Row = tuple[str, str, str, str, str]
+
+
+def num(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if 0 < abs(value) < 1:
+            digits = max(digits, 3)  # 0.012 ms, not 0.0
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def by_workers(figures: dict, pick: Callable[[dict], Any], digits: int = 1) -> tuple[str, str, str]:
+    cells = []
+    for w in ("1", "2", "4"):
+        entry = figures.get(w)
+        cells.append(num(pick(entry), digits) if entry is not None else "")
+    return cells[0], cells[1], cells[2]
+
+
+def raw_rows(r: dict) -> list[Row]:
+    one = r.get("1", {})
+    return [("raw limit: `sh -c true` spawns/s", *by_workers(r, lambda e: e["jobs_per_s"]),
+             f"{num(one.get('ms_per_spawn'), 2)} ms per spawn")]
+
+
+def drain_rows(r: dict) -> list[Row]:
+    first = next(iter(r.values()), {})
+    return [(f"drain {num(first.get('jobs'))} `true` jobs, jobs/s", *by_workers(r, lambda e: e["jobs_per_s"]),
+             f"enqueued with {first.get('enqueued_with', '?')}"),
+            ("drain / raw limit", *by_workers(r, lambda e: e["ratio_to_raw"], 2), "same concurrency")]
+
+
+def enqueue_rows(r: dict) -> list[Row]:
+    return [("`queuectl enqueue true`, median ms", "", "", "",
+             f"{num(r['cli_ms']['median_ms'])} ms; floor `python -c 'import click'` "
+             f"{num(r['floor_ms']['median_ms'])} ms; ratio {num(r['ratio_to_floor'], 2)}")]
+
+
+def bulk_rows(r: dict) -> list[Row]:
+    if not r.get("available"):
+        return [("bulk enqueue, jobs/s", "", "", "", f"not run: {r.get('reason')}")]
+    return [("bulk enqueue (`enqueue --file`), jobs/s", "", "", "",
+             f"{num(r['jobs_per_s'])} ({num(r['jobs'])} jobs in {num(r['seconds'], 2)} s, CLI start included)")]
+
+
+def pickup_rows(r: dict) -> list[Row]:
+    return [("pickup latency, ms (idle worker)", f"p50 {num(r['p50_ms'])} / p95 {num(r['p95_ms'])}", "", "",
+             f"{r['samples']} jobs; poll_interval {r['poll_interval_s']} s")]
+
+
+def scale_rows(r: dict) -> list[Row]:
+    e, b, q = r["empty"], r["big"], r["ratio_big_to_empty"]
+    n = num(r["completed_jobs"])
+
+    def ms_row(label: str, key: str) -> Row:
+        return (f"{label}, ms", "", "", "",
+                f"empty {num(e[key]['median_ms'])}; {n} jobs {num(b[key]['median_ms'])} (x{num(q[key], 2)})")
+    return [ms_row("scale: status (in-process)", "status_internal"),
+            ms_row("scale: `queuectl status`", "status_cli"),
+            ms_row("scale: `queuectl enqueue true`", "enqueue_cli"),
+            ("scale: claim rate, jobs/s", num(b["claim"]["jobs_per_s"]), "", "",
+             f"with {n} jobs; empty {num(e['claim']['jobs_per_s'])} (x{num(q['claim_jobs_per_s'], 2)}); "
+             f"start to 1st job {num(b['claim']['startup_s'], 2)} s (empty {num(e['claim']['startup_s'], 2)} s)")]
+
+
+def recovery_rows(r: dict) -> list[Row]:
+    return [("recovery: SIGKILL to attempt 2, s", num(r["seconds"], 2), "", "",
+             f"median of {r['runs']}: {', '.join(num(s, 2) for s in r['all_seconds'])}")]
+
+
+def memory_rows(r: dict) -> list[Row]:
+    e = r["empty"]
+    other = f"empty store: sum of VmHWM {num(e['sum_hwm_mb'])} MB"
+    if "big" in r:
+        b = r["big"]
+        other += f"; big store: peak RSS {num(b['peak_rss_mb'])} MB, VmHWM {num(b['sum_hwm_mb'])} MB"
+    return [(f"memory: `start --count 4` idle {r['idle_s']} s, peak RSS MB", "", "",
+             num(e["peak_rss_mb"]), other)]
+
+
+def peer_rows(r: dict) -> list[Row]:
+    rows = [(f"peer {name}: drain {num(r['jobs'])}, jobs/s", *by_workers(figures, lambda v: v), "")
+            for name, figures in r["ran"].items()]
+    return rows + [(f"peer {name}", "", "", "", f"not run: {why}") for name, why in r["not_run"].items()]
+
+
+ROWS: dict[str, Callable[[dict], list[Row]]] = {
+    "raw": raw_rows, "drain": drain_rows, "enqueue": enqueue_rows, "bulk": bulk_rows,
+    "pickup": pickup_rows, "scale": scale_rows, "recovery": recovery_rows, "memory": memory_rows,
+    "peers": peer_rows,
+}
+
+
+def table(results: dict, errors: Optional[dict] = None) -> str:
+    rows: list[Row] = []
+    for name, make in ROWS.items():
+        if name in results:
+            rows += make(results[name])
+    for name, error in (errors or {}).items():
+        rows.append((name, "", "", "", f"FAILED: {error.strip().splitlines()[-1][:100]}"))
+    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
+
+    def line(cells) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(HEADER), line(["-" * w for w in widths]), *(line(r) for r in rows)])

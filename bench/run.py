@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""queuectl's benchmark: every measurement in one run; prints a table and writes all figures as JSON.
+
+    python bench/run.py [--quick] [--out bench/results/latest.json] [--only raw,drain] [--jobs N]
+
+Measurements (names for --only): raw, drain, enqueue, bulk, pickup, recovery, peers, memory,
+scale. The machine is small and shared: compare ratios within one run, not figures across runs.
+Peers (task-spooler, nq, rq, huey) run when installed; `bash bench/peers.sh` installs them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+NAMES = ("raw", "drain", "enqueue", "bulk", "pickup", "recovery", "peers", "memory", "scale")
+
+
+def use_project_python() -> None:
+    """Re-runs this script with the project's venv when queuectl is not importable here."""
+    try:
+        import queuectl  # noqa: F401
+    except ImportError:
+        venv = ROOT / ".venv"
+        python = venv / "bin" / "python"
+        if python.exists() and Path(sys.prefix).resolve() != venv.resolve():
+            os.execv(str(python), [str(python), *sys.argv])
+        sys.exit("queuectl is not importable: run `make install` first")
+
+
+@dataclass
+class Settings:
+    quick: bool
+    drain_jobs: int
+    enqueue_repeat: int
+    bulk_jobs: int
+    pickup_samples: int
+    recovery_runs: int
+    scale_jobs: int
+    scale_repeat: int
+    memory_idle_s: float
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    q = args.quick
+    return Settings(
+        quick=q,
+        drain_jobs=args.jobs or (300 if q else 2000),
+        enqueue_repeat=20 if q else 100,
+        bulk_jobs=2000 if q else 10000,
+        pickup_samples=20 if q else 100,
+        recovery_runs=1 if q else 3,
+        # --quick keeps under a minute on this disk, where writing and deleting 50,000 job files
+        # alone took 5 to 17 s: hence 20,000, and a shorter idle time for the memory figure.
+        scale_jobs=args.scale_jobs or (20_000 if q else 1_000_000),
+        scale_repeat=5 if q else 20,
+        memory_idle_s=1.5 if q else 3.0,
+    )
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes; the whole run takes under 60 s")
+    ap.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json", help="JSON output file")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(NAMES)}")
+    ap.add_argument("--jobs", type=int, default=0, help="jobs per drain (queuectl and peers)")
+    ap.add_argument("--scale-jobs", type=int, default=0, help="completed jobs in the big store")
+    args = ap.parse_args(argv)
+    chosen = [n.strip() for n in args.only.split(",") if n.strip()] or list(NAMES)
+    unknown = sorted(set(chosen) - set(NAMES))
+    if unknown:
+        ap.error(f"unknown measurement(s): {', '.join(unknown)} (known: {', '.join(NAMES)})")
+    args.names = [n for n in NAMES if n in chosen]
+    return args
+
+
+def git(*args: str) -> str:
+    p = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 else ""
+
+
+def queuectl_version() -> str:
+    import queuectl
+    return queuectl.__version__
+
+
+def machine_info() -> dict:
+    from qbench import peers
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "platform": platform.platform(),
+        "queuectl_version": queuectl_version(),
+        "queuectl_commit": git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain") else ""),
+        "load_average": list(os.getloadavg()),
+        "peers_versions": peers.versions(),
+    }
+
+
+class Stores:
+    """The big store (built once, for memory and scale) and fresh empty ones; removed at the end."""
+
+    def __init__(self, stack: contextlib.ExitStack, s: Settings):
+        from qbench.common import temp_dir
+        self.scratch = stack.enter_context(temp_dir("stores"))
+        self.s = s
+        self._big: Optional[Path] = None
+        self.build: dict = {}
+
+    def big(self) -> Path:
+        if self._big is None:
+            from qbench import bigstore
+            path = self.scratch / "big"
+            self.build = bigstore.fill(path, self.s.scale_jobs)
+            self._big = path
+        return self._big
+
+    def empty(self, tag: str) -> Path:
+        path = self.scratch / f"empty-{tag}"
+        if path.exists():
+            raise RuntimeError(f"{path} is not new")
+        return path
+
+
+def runners(s: Settings, results: dict, stores: Stores) -> dict[str, Callable[[], dict]]:
+    from qbench import drain, enqueue, memory, peers, pickup, raw, recovery, scale
+    return {
+        "raw": lambda: raw.measure(s.quick),
+        "drain": lambda: drain.measure(s.drain_jobs, results.get("raw")),
+        "enqueue": lambda: enqueue.single(s.enqueue_repeat),
+        "bulk": lambda: enqueue.bulk(s.bulk_jobs),
+        "pickup": lambda: pickup.measure(s.pickup_samples),
+        "recovery": lambda: recovery.measure(s.recovery_runs),
+        "peers": lambda: peers.measure(s.drain_jobs),
+        # memory first: scale's enqueue calls leave pending jobs in the big store
+        "memory": lambda: memory.measure(stores.empty("memory"), stores.big(), stores.scratch, s.memory_idle_s),
+        "scale": lambda: scale.measure(stores.empty("scale"), stores.big(), stores.scratch, stores.build,
+                                       s.scale_repeat),
+    }
+
+
+def run_all(names: list[str], s: Settings) -> tuple[dict, dict, dict]:
+    """Runs each measurement in turn; one that fails is reported and the others still run."""
+    results: dict = {}
+    errors: dict = {}
+    seconds: dict = {}
+    with contextlib.ExitStack() as stack:
+        stores = Stores(stack, s)
+        todo = runners(s, results, stores)
+        for name in names:
+            print(f"-- {name} ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            try:
+                results[name] = todo[name]()
+            except Exception:
+                errors[name] = traceback.format_exc(limit=6)
+                print(errors[name], file=sys.stderr)
+            seconds[name] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+    seconds["cleanup"] = round(time.perf_counter() - t0, 1)
+    return results, errors, seconds
+
+
+def not_run(results: dict, errors: dict) -> dict:
+    """Everything that was asked for and has no figure, with the reason."""
+    out = {f"peer {k}": v for k, v in results.get("peers", {}).get("not_run", {}).items()}
+    if results.get("bulk", {}).get("available") is False:
+        out["bulk"] = results["bulk"]["reason"]
+    out.update({name: "failed: " + err.strip().splitlines()[-1] for name, err in errors.items()})
+    return out
+
+
+@contextlib.contextmanager
+def cleanup_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl+C, so every `finally` runs; then no process is left."""
+    from qbench.procs import terminate_all
+
+    def leave(signum, _frame):
+        raise SystemExit(128 + signum)
+    old = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        terminate_all()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    use_project_python()
+    sys.path.insert(0, str(BENCH))
+    from qbench import report
+    args = parse_args(argv)
+    s = settings(args)
+    started = time.perf_counter()
+    with cleanup_on_signals():
+        info = machine_info()
+        results, errors, seconds = run_all(args.names, s)
+    text = report.table(results, errors)
+    out = {"machine": info, "settings": asdict(s), "measurements": args.names, "results": results,
+           "not_run": not_run(results, errors), "errors": errors, "seconds": seconds,
+           "total_seconds": round(time.perf_counter() - started, 1), "table": text}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(text)
+    for name, why in out["not_run"].items():
+        print(f"not run: {name}: {why}")
+    print(f"\n{info['cpu_count']} CPUs, Python {info['python']}, queuectl {info['queuectl_version']} "
+          f"({info['queuectl_commit']}), {out['total_seconds']} s; JSON: {args.out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
