@@ -31,6 +31,18 @@ BLOCKED = 32503680000.0  # 3000-01-01
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+# What a stored job's fields must hold; a file that breaks this is set aside, not run.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "command": (str,), "attempts": (int,), "max_retries": (int,), "created_at": (str,),
+    "updated_at": (str,), "priority": (int,), "due_at": (int, float), "seq": (int,), "timeout": _OPT_INT,
+    "last_error": _OPT_STR, "exit_code": _OPT_INT, "started_at": _OPT_STR, "finished_at": _OPT_STR,
+    "worker_id": _OPT_STR, "history": (list,), "after": (list,), "no_retry_on": (list, type(None)),
+    "unique_key": _OPT_STR,
+}
+
+
 class JobState(str, Enum):
     PENDING = "pending"
     PROCESSING = "processing"
@@ -103,6 +115,12 @@ class Job:
     def __post_init__(self) -> None:
         if not isinstance(self.state, JobState):
             self.state = JobState(self.state)
+        for name, kinds in FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise TypeError(f"job field '{name}' has the wrong type ({type(value).__name__})")
+        if not all(isinstance(h, dict) for h in self.history) or not all(isinstance(a, str) for a in self.after):
+            raise TypeError("job fields 'history' and 'after' must be lists of objects and of ids")
         if not self.command or not self.command.strip():
             raise ValidationError("job command is empty")
         if self.attempts < 0 or self.max_retries < 0:

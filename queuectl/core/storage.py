@@ -136,6 +136,9 @@ class Storage(ABC):
     def flush(self) -> None:
         """Writes buffered bookkeeping now (workers call it when idle and before exiting)."""
 
+    def tick(self) -> None:
+        """Called often by a busy worker: writes buffered bookkeeping that has waited long enough."""
+
     def maintain(self) -> None:
         """Housekeeping when a manager starts: rebuild caches, clear what dead processes left."""
 

@@ -184,7 +184,8 @@ class Worker:
         pidfd = exit_fd(proc.pid)
         try:
             while True:
-                step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+                step = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
+                self.storage.tick()  # results and counts of earlier jobs do not wait for this one
                 if pump.open or pidfd is not None:
                     pump.pump(step, pidfd)
                     if proc.poll() is not None:

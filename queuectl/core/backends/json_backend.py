@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -76,6 +77,7 @@ class JsonStorage(Storage):
         self._batching = False
         self._flushed_at = 0.0
         self._commits: list[tuple[str, str, Job, Job]] = []
+        self._gen: int | None = None  # counts.json generation when this buffer began
         self._notes: dict[str, dict[str, Any]] = {}
 
     # -- paths ---------------------------------------------------------------------------
@@ -95,8 +97,14 @@ class JsonStorage(Storage):
 
     # -- store ---------------------------------------------------------------------------
     def exists(self) -> bool:
-        if os.path.isdir(self._p("pending")):
-            return True
+        try:
+            return stat.S_ISDIR(os.stat(self._p("pending")).st_mode)
+        except FileNotFoundError:
+            pass
+        except NotADirectoryError:
+            raise StorageError(f"storage path '{self.display}' is not a directory") from None
+        except OSError as e:
+            raise StorageError(f"cannot read '{self.display}': {_reason(e)}") from e
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise StorageError(f"storage path '{self.display}' is not a directory")
         return False
@@ -168,22 +176,29 @@ class JsonStorage(Storage):
         self._count({job.state: 1})
 
     def add_many(self, jobs: Any) -> None:
-        """Writes every job first and makes them durable with one sync, not one fsync per job."""
+        """All or nothing: every id is claimed and every file written and synced (one syncfs)
+        in tmp/ before the first job becomes visible in pending/."""
         self._ensure()
-        added: list[tuple[str, str]] = []
+        jobs = list(jobs)
+        markers: list[str] = []
+        staged: list[tuple[str, str]] = []
         try:
             for job in jobs:
-                marker = self._p("ids", job.id)
-                self._mark_id(marker, job)
-                added.append((marker, self._path(job)))
-                fs.write_file(added[-1][1], job.to_json(), durable=False)
+                self._mark_id(self._p("ids", job.id), job)
+                markers.append(self._p("ids", job.id))
+            for job in jobs:
+                tmp = self._p("tmp", f".{job.id}.{uuid.uuid4().hex[:12]}.tmp")
+                fs.write_private(tmp, job.to_json())
+                staged.append((tmp, self._path(job)))
+            fs.sync_filesystem(self.root, [tmp for tmp, _ in staged])
         except BaseException:
-            for marker, path in added:
+            for path in [tmp for tmp, _ in staged] + markers:
                 _unlink(path)
-                _unlink(marker)
             raise
-        fs.sync_filesystem(self.root, [path for _, path in added])
-        self._count({JobState.PENDING: len(added)})
+        self._count({JobState.PENDING: len(staged)})  # before the jobs can be claimed
+        self.flush()
+        for tmp, dst in staged:
+            os.rename(tmp, dst)
 
     def _mark_id(self, marker: str, job: Job) -> None:
         """Claims the id (O_EXCL) and records its enqueue sequence, which names finished files."""
@@ -191,8 +206,11 @@ class JsonStorage(Storage):
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fs.FILE_MODE)
             try:
                 os.write(fd, str(job.seq).encode())
-            finally:
+            except OSError:
                 os.close(fd)
+                _unlink(marker)  # a full disk must not leave an id taken by no job
+                raise
+            os.close(fd)
         except FileExistsError:
             if self.get(job.id) is not None:
                 raise DuplicateJobError(f"a job with id '{job.id}' already exists") from None
@@ -295,8 +313,10 @@ class JsonStorage(Storage):
         self.flush()
         with self._lock("counts"):
             counts = self._scan_counts()
+            previous = self._load_counts_file()
             doc: dict[str, Any] = {s.value: n for s, n in counts.items()}
-            doc["metrics"] = metrics.merge_defaults(self._load_counts_file().get("metrics"))
+            doc["gen"] = int(previous.get("gen", 0) or 0) + 1  # buffers begun before now are dropped
+            doc["metrics"] = metrics.merge_defaults(previous.get("metrics"))
             self._write(self._p("counts.json"), json.dumps(doc).encode(), durable=False)
         return counts
 
@@ -306,6 +326,8 @@ class JsonStorage(Storage):
         A worker buffers them for up to COUNT_FLUSH_INTERVAL (see `begin_batching`), so a job
         costs one locked write of counts.json per interval instead of three.
         """
+        if self._gen is None and self._batching:
+            self._gen = self._load_counts_file().get("gen", 0)
         for state, n in delta.items():
             if n:
                 self._delta[state] = self._delta.get(state, 0) + n
@@ -322,17 +344,20 @@ class JsonStorage(Storage):
             self._commit()
         if not self._delta and not self._changes:
             return
-        delta, changes = self._delta, self._changes
-        self._delta, self._changes = {}, []
+        delta, changes, gen = self._delta, self._changes, self._gen
+        self._delta, self._changes, self._gen = {}, [], None
         self._flushed_at = time.monotonic()
         with self._lock("counts"):
             data = self._load_counts_file()
             counts = {s: int(data.get(s.value, 0) or 0) for s in JobState}
             if data.get("_broken"):
                 counts, delta = self._scan_counts(), {}
+            if gen is not None and data.get("gen", 0) != gen:
+                delta = {}  # a recount since these were buffered already saw their files
             for s, n in delta.items():
-                counts[s] = max(0, counts[s] + n)
+                counts[s] += n  # stored unclamped so out-of-order deltas still add up
             doc: dict[str, Any] = {s.value: n for s, n in counts.items()}
+            doc["gen"] = data.get("gen", 0)
             doc["metrics"] = metrics.merge_defaults(data.get("metrics"))
             for old, new, at in changes:
                 metrics.apply(doc["metrics"], old, new, at)
@@ -450,7 +475,15 @@ class JsonStorage(Storage):
             _unlink(tmp)
             raise StorageError(f"cannot write job {new.id}: {_reason(e)}") from e
         self._commits.append((tmp, src, old, new))
+        done = dict(self._notes.get(old.worker_id or "", {}).get("done", {}))
+        done[old.id] = [old.attempts, os.path.basename(tmp)]  # for `recover`, until it commits
+        self._note(old.worker_id or "", done=done)
         if time.monotonic() - self._flushed_at >= COUNT_FLUSH_INTERVAL:
+            self.flush()
+
+    def tick(self) -> None:
+        if (self._commits or self._delta or self._changes) and \
+                time.monotonic() - self._flushed_at >= COUNT_FLUSH_INTERVAL:
             self.flush()
 
     def _commit(self) -> None:
@@ -466,6 +499,9 @@ class JsonStorage(Storage):
             os.rename(tmp, self._path(new))  # a new name: no implicit flush, no replace
             _unlink(src)  # were we killed before this, `recover` sees the result and drops src
             self._count({old.state: -1, new.state: 1}, (old, new))
+        for owner in {old.worker_id for _, _, old, _ in commits}:
+            if owner and self._notes.get(owner, {}).get("done"):
+                self._note(owner, done={})
 
     def _grab(self, job: Job) -> str:
         """Takes a job that no worker holds into processing/ under this process's own owner."""
@@ -553,9 +589,18 @@ class JsonStorage(Storage):
                 return None
         written_state = job.state
         job.state, job.worker_id = JobState.PROCESSING, owner
+        done = note.get("done") if isinstance(note.get("done"), dict) else {}
         if note.get("job") == job.id and written_state is not JobState.PROCESSING:
             job.attempts, job.started_at = int(note.get("attempt") or job.attempts + 1), note.get("started_at")
             written_state = JobState.PROCESSING  # the attempt had started (the owner's note says so)
+        elif job.id in done and written_state is not JobState.PROCESSING:
+            attempt, tmp_name = (list(done[job.id]) + [None, None])[:2]
+            result = self._uncommitted_result(str(tmp_name), job)
+            if result is not None:  # the worker died with the result written: keep it, run nothing
+                self.update(job, result)
+                return result
+            job.attempts = int(attempt or job.attempts + 1)
+            written_state = JobState.PROCESSING  # it ran, but its result is lost: the attempt counts
         if written_state is JobState.PROCESSING:
             new = decide(job)  # the attempt was cut short: the queue's rules say what follows
         else:
@@ -564,6 +609,21 @@ class JsonStorage(Storage):
                 new.worker_id = None
         self.update(job, new)
         return new
+
+    def _uncommitted_result(self, tmp_name: str, job: Job) -> Job | None:
+        """The result a dead worker wrote but had not committed, if it is whole (a killed process
+        loses nothing it wrote; a power cut may leave the file empty, and then the job reruns)."""
+        path = self._p("tmp", tmp_name)
+        if not tmp_name.startswith(f".{job.id}.") or os.sep in tmp_name:
+            return None
+        try:
+            result = Job.from_json(fs.read_file(path))
+        except (OSError, ValueError, TypeError):
+            return None
+        _unlink(path)
+        if result.id != job.id or result.state is JobState.PROCESSING:
+            return None
+        return result
 
     def _sweep_owner_locks(self) -> None:
         """Removes lock files of owners that died holding no job (killed CLI calls)."""
@@ -644,7 +704,8 @@ class JsonStorage(Storage):
             return
         note = self._notes.setdefault(owner, {})
         if "job" in fields:
-            note.clear()
+            note = {"done": note.get("done", {})}  # a new attempt; uncommitted results stay listed
+            self._notes[owner] = note
         note.update(fields)
         lock.note(json.dumps(note))
 
@@ -777,6 +838,9 @@ class JsonStorage(Storage):
             if missing_ok:
                 return None
             raise ConflictError(f"{os.path.basename(path)} vanished") from None
+        except IsADirectoryError:
+            self._quarantine(path, "a folder where a job file belongs")
+            return None
         except OSError as e:
             raise StorageError(f"cannot read {path}: {_reason(e)}") from e
         try:
@@ -820,10 +884,10 @@ class JsonStorage(Storage):
         if path in self._warned:
             return
         self._warned.add(path)
-        dest = self._p("quarantine", f"{int(time.time())}_{os.path.basename(path)}")
+        dest = self._p("quarantine", f"{int(time.time())}_{uuid.uuid4().hex[:8]}_{os.path.basename(path)}")
         try:
             fs.make_private_dir(self._p("quarantine"))
-            os.replace(path, dest)
+            os.rename(path, dest)  # a unique name: nothing set aside is ever overwritten
             log.warning("Set aside %s: %s (moved to %s)", path, why, dest)
         except OSError:
             log.warning("Cannot read %s: %s", path, why)
