@@ -14,7 +14,7 @@ $(BIN)/queuectl: setup.py
 install: $(BIN)/queuectl
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -11,7 +11,7 @@ setup(
     install_requires=["click>=8.1", "tabulate>=0.9", "filelock>=3.12"],
     extras_require={
         "redis": ["redis>=5"],
-        "dev": ["pytest>=7", "ruff", "prometheus_client>=0.17", "playwright>=1.40"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "ruff", "prometheus_client>=0.17", "playwright>=1.40"],
         "dashboard": ["flask>=2.3", "waitress>=2.1"],
     },
     package_data={"queuectl.dashboard": ["templates/*.html", "static/*.css", "static/*.js", "static/*.svg"]},
