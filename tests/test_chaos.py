@@ -16,6 +16,7 @@ import signal
 import time
 
 import pytest
+
 from faultkit import (
     Proc,
     cleanup,

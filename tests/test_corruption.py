@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+
 from faultkit import (
     STATE_DIRS,
     cleanup,

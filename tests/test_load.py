@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from faultkit import (
     cleanup,
     folder_counts,

@@ -10,34 +10,7 @@ from collections import Counter
 import pytest
 
 from conftest import wait_for
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (the worker processes of a `start`)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
-
-
-def workers_of(pid: int) -> list[int]:
-    result = []
-    for child in children(pid):
-        try:
-            with open(f"/proc/{child}/cmdline", "rb") as f:
-                if b"spawn_main" in f.read():
-                    result.append(child)
-        except OSError:
-            pass
-    return result
+from faultkit import workers_of
 
 
 def stop_and_wait(proc, starter, timeout=30):

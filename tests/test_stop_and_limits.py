@@ -15,6 +15,7 @@ import signal
 import time
 
 import pytest
+
 from faultkit import (
     Proc,
     cleanup,
