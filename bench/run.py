@@ -3,8 +3,10 @@
 
     python bench/run.py [--quick] [--out bench/results/latest.json] [--only raw,drain] [--jobs N]
 
-Measurements (names for --only): raw, drain, enqueue, bulk, pickup, recovery, peers, memory,
-scale. The machine is small and shared: compare ratios within one run, not figures across runs.
+Measurements (names for --only): raw, drain, enqueue, bulk, pickup, redis, recovery, peers,
+memory, scale; `redis` repeats drain, enqueue, bulk and pickup on the Redis backend, against a
+redis-server it starts itself. The machine is small and shared: compare ratios within one run,
+not figures across runs.
 Peers (task-spooler, nq, rq, huey) run when installed; `bash bench/peers.sh` installs them.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Callable, Iterator, Optional
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-NAMES = ("raw", "drain", "enqueue", "bulk", "pickup", "recovery", "peers", "memory", "scale")
+NAMES = ("raw", "drain", "enqueue", "bulk", "pickup", "redis", "recovery", "peers", "memory", "scale")
 
 
 def use_project_python() -> None:
@@ -138,13 +140,15 @@ class Stores:
 
 
 def runners(s: Settings, results: dict, stores: Stores) -> dict[str, Callable[[], dict]]:
-    from qbench import drain, enqueue, memory, peers, pickup, raw, recovery, scale
+    from qbench import drain, enqueue, memory, peers, pickup, raw, recovery, redisbench, scale
     return {
         "raw": lambda: raw.measure(s.quick),
         "drain": lambda: drain.measure(s.drain_jobs, results.get("raw")),
         "enqueue": lambda: enqueue.single(s.enqueue_repeat),
         "bulk": lambda: enqueue.bulk(s.bulk_jobs),
         "pickup": lambda: pickup.measure(s.pickup_samples),
+        "redis": lambda: redisbench.measure(s.drain_jobs, s.enqueue_repeat, s.bulk_jobs, s.pickup_samples,
+                                            results.get("raw")),
         "recovery": lambda: recovery.measure(s.recovery_runs),
         "peers": lambda: peers.measure(s.drain_jobs),
         # memory first: scale's enqueue calls leave pending jobs in the big store
@@ -179,8 +183,11 @@ def run_all(names: list[str], s: Settings) -> tuple[dict, dict, dict]:
 def not_run(results: dict, errors: dict) -> dict:
     """Everything that was asked for and has no figure, with the reason."""
     out = {f"peer {k}": v for k, v in results.get("peers", {}).get("not_run", {}).items()}
-    if results.get("bulk", {}).get("available") is False:
-        out["bulk"] = results["bulk"]["reason"]
+    for name in ("bulk", "redis"):
+        if results.get(name, {}).get("available") is False:
+            out[name] = results[name]["reason"]
+    if results.get("redis", {}).get("bulk", {}).get("available") is False:
+        out["redis bulk"] = results["redis"]["bulk"]["reason"]
     out.update({name: "failed: " + err.strip().splitlines()[-1] for name, err in errors.items()})
     return out
 

@@ -40,3 +40,31 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert positive(results["enqueue"]["floor_ms"]["median_ms"])
     assert positive(results["enqueue"]["ratio_to_floor"])
     assert "drain" in data["table"] and "| what" in p.stdout
+
+
+@pytest.mark.slow
+def test_bench_quick_reports_redis_beside_json(tmp_path):
+    """`redis` runs drain, enqueue, bulk and pickup on a redis-server the bench starts itself."""
+    from conftest import redis_unavailable
+    redis_unavailable()
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "drain,redis",
+                        "--jobs", "20", "--out", str(out)],
+                       capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads(out.read_text())
+
+    assert data["errors"] == {} and data["not_run"] == {}
+    redis = data["results"]["redis"]
+    assert redis["available"] is True and redis["server"] != "?"
+    for workers in ("1", "2", "4"):
+        assert redis["drain"][workers]["jobs"] == 20
+        assert positive(redis["drain"][workers]["jobs_per_s"])
+    assert positive(redis["enqueue"]["cli_ms"]["median_ms"])
+    assert redis["bulk"]["jobs"] == 2000 and positive(redis["bulk"]["jobs_per_s"])
+    assert redis["pickup"]["samples"] == 20 and redis["pickup"]["p50_ms"] >= 0  # timestamps are in ms
+    lines = data["table"].splitlines()
+    json_row = next(i for i, line in enumerate(lines) if line.startswith("| drain 20 "))
+    assert lines[json_row + 1].startswith("| drain / raw limit")
+    assert lines[json_row + 2].startswith("| Redis: drain 20 ")  # right below the JSON figures
+    assert "Redis: `queuectl enqueue true`" in data["table"] and "Redis: pickup latency" in data["table"]

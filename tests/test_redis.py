@@ -1,5 +1,6 @@
 """The Redis backend through the real `queuectl` command: every command, a password that never
-shows, two "hosts" sharing one queue, a killed host's jobs recovered by the other, a Redis restart.
+shows, two "hosts" sharing one queue, a killed host's jobs recovered by the other, a Redis restart,
+and attempt output that `queuectl logs` finds.
 
 Every server here is a private redis-server on a free loopback port (tests/redis_server.py).
 The contract, queue and worker suites also run on Redis (the `storage` fixture).
@@ -9,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -285,3 +288,39 @@ def test_a_redis_restart_loses_no_acknowledged_job(redis_servers, tmp_path):
         store.close()
     finally:
         stop_all(p, starter)
+
+
+def test_output_folder_is_private_and_shared_by_every_process(redis_server, tmp_path, monkeypatch):
+    """Regression: the top folder was created readable by all, then judged unsafe, so each process
+    wrote output to a one-off temp folder (never cleaned up) where no other process found it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # a temp dir with no queuectl folder yet
+    url = redis_server.url(prefix=prefix())
+    first, second = get_storage(url), get_storage(url)
+    try:
+        top = tmp_path / f"queuectl-{os.getuid()}"
+        out, _err = first.output_paths("j", 1)
+        assert Path(out).parent.parent == top
+        assert stat.S_IMODE(top.stat().st_mode) == 0o700
+        assert stat.S_IMODE(Path(out).parent.stat().st_mode) == 0o700
+        assert second.output_paths("j", 1) == first.output_paths("j", 1)
+
+        top.chmod(0o755)  # as an earlier version left it: made private again, and used
+        third = get_storage(url)
+        assert third.output_paths("j", 1) == first.output_paths("j", 1)
+        assert stat.S_IMODE(top.stat().st_mode) == 0o700
+        third.close()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_logs_shows_what_a_worker_wrote(redis_server, tmp_path):
+    """`queuectl logs` in one process reads the output a worker process wrote, from a fresh TMPDIR."""
+    p = RedisProc(tmp_path, redis_server.url(prefix=prefix()))
+    p.env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    job = p.enqueue("echo hello from the worker")
+    p("start", "--count", "1", "--timeout", "2")
+    assert p.counts()["completed"] == 1
+    assert p("logs", job).stdout == "hello from the worker\n"
+    assert not list((tmp_path / "tmp").glob("queuectl-output-*")), "output went to one-off folders"

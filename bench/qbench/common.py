@@ -12,12 +12,18 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence, Union
 
 BENCH = Path(__file__).resolve().parent.parent
 ROOT = BENCH.parent
 PEERS_VENV = BENCH / ".peers-venv"
 TEMP_PREFIX = "queuectl-bench-"
+
+# Where queuectl keeps a queue: a JSON directory, or a redis:// URL (see redisbench.py).
+Store = Union[Path, str]
+# Makes a fresh, empty store for one measurement: (scratch folder, tag) -> a context that
+# yields the store and removes what it leaves outside the scratch folder.
+NewStore = Callable[[Path, str], ContextManager[Store]]
 
 
 def queuectl_exe() -> str:
@@ -34,13 +40,22 @@ def queuectl_exe() -> str:
     raise RuntimeError("queuectl is not installed (run `make install`)")
 
 
-def clean_env(storage: Path | None = None) -> dict[str, str]:
+def clean_env(storage: Store | None = None) -> dict[str, str]:
     """This process's environment without QUEUECTL_* settings, optionally naming a store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL")}
     env["PYTHONUNBUFFERED"] = "1"
+    # An installed tool runs from cached byte code (pip compiles it); without the cache every
+    # call would also time the compiler.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if storage is not None:
         env["QUEUECTL_STORAGE_PATH"] = str(storage)
     return env
+
+
+@contextlib.contextmanager
+def json_store(scratch: Path, tag: str) -> Iterator[Path]:
+    """A JSON store that does not exist yet, inside `scratch` (removed with it)."""
+    yield scratch / f"data-{tag}"
 
 
 @contextlib.contextmanager

@@ -5,14 +5,13 @@ and is set beside the raw spawn limit at the same concurrency.
 """
 from __future__ import annotations
 
-from .common import ratio, temp_dir
+from .common import NewStore, json_store, ratio, temp_dir
 from .qctl import drain, enqueue_specs, job_ids, spec_lines
 
 
-def drain_once(jobs: int, workers: int) -> dict:
+def drain_once(jobs: int, workers: int, new_store: NewStore = json_store) -> dict:
     """A fresh store, `jobs` pending `true` jobs, and one drain by `workers` workers."""
-    with temp_dir(f"drain{workers}") as tmp:
-        store = tmp / "data"
+    with temp_dir(f"drain{workers}") as tmp, new_store(tmp, f"drain{workers}") as store:
         ids = job_ids(f"drain{workers}", jobs)
         how = enqueue_specs(store, spec_lines(ids), tmp)
         result = drain(store, ids, workers, tmp)
@@ -20,11 +19,12 @@ def drain_once(jobs: int, workers: int) -> dict:
         return result
 
 
-def measure(jobs: int, raw: dict | None, worker_counts: tuple[int, ...] = (1, 2, 4)) -> dict:
+def measure(jobs: int, raw: dict | None, worker_counts: tuple[int, ...] = (1, 2, 4),
+            new_store: NewStore = json_store) -> dict:
     """{"1": {...}, ...}: each with jobs_per_s and, when the raw limit was measured, its ratio."""
     out = {}
     for workers in worker_counts:
-        result = drain_once(jobs, workers)
+        result = drain_once(jobs, workers, new_store)
         limit = (raw or {}).get(str(workers), {}).get("jobs_per_s")
         result["ratio_to_raw"] = ratio(result["jobs_per_s"], limit)
         out[str(workers)] = result

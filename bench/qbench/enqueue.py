@@ -9,31 +9,34 @@ import subprocess
 import sys
 import time
 
-from .common import clean_env, median_ms, queuectl_exe, ratio, run_cli, temp_dir
-from .qctl import bulk_available, enqueue_specs, job_ids, spec_lines
+from .common import NewStore, clean_env, json_store, median_ms, queuectl_exe, ratio, run_cli, temp_dir
+from .qctl import bulk_available, enqueue_specs, job_ids, pending_jobs, spec_lines
 
 
-def single(repeat: int) -> dict:
-    """Median ms of one `queuectl enqueue true` into a fresh store, and of the floor."""
-    with temp_dir("enqueue") as tmp:
-        env = clean_env(tmp / "data")
+def single(repeat: int, new_store: NewStore = json_store, floor: bool = True) -> dict:
+    """Median ms of one `queuectl enqueue true` into a fresh store, and of the floor (unless
+    `floor` is False: it does not depend on the store)."""
+    with temp_dir("enqueue") as tmp, new_store(tmp, "enqueue") as store:
+        env = clean_env(store)
         enqueue = median_ms(lambda: run_cli([queuectl_exe(), "enqueue", "true"], env), repeat)
-        floor = median_ms(lambda: subprocess.run([sys.executable, "-c", "import click"], env=env,
-                                                 check=True), repeat)
-    return {"cli_ms": enqueue, "floor_ms": floor, "floor_command": f"{sys.executable} -c 'import click'",
-            "ratio_to_floor": ratio(enqueue["median_ms"], floor["median_ms"])}
+        if not floor:
+            return {"cli_ms": enqueue}
+        floor_ms = median_ms(lambda: subprocess.run([sys.executable, "-c", "import click"], env=env,
+                                                    check=True), repeat)
+    return {"cli_ms": enqueue, "floor_ms": floor_ms, "floor_command": f"{sys.executable} -c 'import click'",
+            "ratio_to_floor": ratio(enqueue["median_ms"], floor_ms["median_ms"])}
 
 
-def bulk(jobs: int) -> dict:
+def bulk(jobs: int, new_store: NewStore = json_store) -> dict:
     """jobs/s through `queuectl enqueue --file` (whole CLI call, start-up included)."""
     if not bulk_available():
         return {"available": False, "reason": "this queuectl has no `enqueue --file`"}
-    with temp_dir("bulk") as tmp:
+    with temp_dir("bulk") as tmp, new_store(tmp, "bulk") as store:
         lines = spec_lines(job_ids("bulk", jobs))
         t0 = time.perf_counter()
-        enqueue_specs(tmp / "data", lines, tmp)
+        enqueue_specs(store, lines, tmp)
         seconds = time.perf_counter() - t0
-        stored = len(list((tmp / "data" / "pending").iterdir()))
+        stored = pending_jobs(store)
     if stored != jobs:
         raise RuntimeError(f"bulk enqueue stored {stored} of {jobs} jobs")
     return {"available": True, "jobs": jobs, "seconds": round(seconds, 3),

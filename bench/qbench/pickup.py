@@ -10,7 +10,7 @@ import random
 import statistics
 import time
 
-from .common import parse_iso, percentile, temp_dir, wait_until
+from .common import NewStore, json_store, parse_iso, percentile, temp_dir, wait_until
 from .procs import queuectl_workers
 from .qctl import running_workers, wait_completed
 
@@ -22,11 +22,10 @@ def one_job(manager) -> float:
     return (parse_iso(done["history"][0]["started_at"]) - parse_iso(done["created_at"])) * 1000
 
 
-def measure(samples: int) -> dict:
+def measure(samples: int, new_store: NewStore = json_store) -> dict:
     from queuectl.core.queue import QueueManager
     from queuectl.core.storage import get_storage
-    with temp_dir("pickup") as tmp:
-        store = tmp / "data"
+    with temp_dir("pickup") as tmp, new_store(tmp, "pickup") as store:
         storage = get_storage(str(store))
         manager = QueueManager(storage)
         poll = manager.config.poll_interval

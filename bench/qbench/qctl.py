@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .common import clean_env, parse_iso, queuectl_exe, run_cli, wait_until
+from .common import Store, clean_env, parse_iso, queuectl_exe, run_cli, wait_until
 from .procs import background, wait_exit
 
 # A drain that is this much slower than 20 jobs/s is treated as stuck.
@@ -35,7 +35,7 @@ def spec_lines(ids: Sequence[str], command: str = "true") -> list[str]:
     return [json.dumps({"id": job_id, "command": command}) for job_id in ids]
 
 
-def enqueue_specs(store: Path, lines: Sequence[str], scratch: Path) -> str:
+def enqueue_specs(store: Store, lines: Sequence[str], scratch: Path) -> str:
     """Stores many jobs at once: the CLI bulk path when there is one, else the Python API."""
     if bulk_available():
         spec_file = scratch / f"jobs-{time.time_ns()}.jsonl"
@@ -59,7 +59,7 @@ def job_ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{i:07d}" for i in range(n)]
 
 
-def counts(store: Path) -> dict[str, int]:
+def counts(store: Store) -> dict[str, int]:
     """Per-state counts as `queuectl status` reads them (the kept counts file)."""
     from queuectl.core.storage import get_storage
     storage = get_storage(str(store))
@@ -67,6 +67,13 @@ def counts(store: Path) -> dict[str, int]:
         return {state.value: n for state, n in storage.counts().items()}
     finally:
         storage.close()
+
+
+def pending_jobs(store: Store) -> int:
+    """Pending jobs stored: the JSON store's pending folder listed, Redis's counters read."""
+    if isinstance(store, Path):
+        return sum(1 for _ in (store / "pending").iterdir())
+    return counts(store)["pending"]
 
 
 def completed_job(storage, job_id: str) -> dict | None:
@@ -87,7 +94,7 @@ def wait_completed(storage, job_id: str, timeout: float, interval: float = 0.002
         time.sleep(interval)
 
 
-def attempt_window(store: Path, ids: Sequence[str]) -> tuple[float, float]:
+def attempt_window(store: Store, ids: Sequence[str]) -> tuple[float, float]:
     """(earliest attempt start, latest attempt finish) over these completed jobs, epoch seconds."""
     from queuectl.core.storage import get_storage
     storage = get_storage(str(store))
@@ -114,7 +121,7 @@ def stop_gracefully(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running_workers(store: Path, count: int, log_dir: Path,
+def running_workers(store: Store, count: int, log_dir: Path,
                     graceful: bool = True) -> Iterator[subprocess.Popen]:
     """`queuectl start --count N` in the background for the block; always stopped after it.
 
@@ -128,7 +135,7 @@ def running_workers(store: Path, count: int, log_dir: Path,
         yield proc
 
 
-def wait_all_completed(store: Path, target: int, proc: subprocess.Popen, timeout: float) -> None:
+def wait_all_completed(store: Store, target: int, proc: subprocess.Popen, timeout: float) -> None:
     """Waits until `target` jobs are completed; fails early if a job fails or `start` died."""
     def done() -> bool:
         c = counts(store)
@@ -140,7 +147,7 @@ def wait_all_completed(store: Path, target: int, proc: subprocess.Popen, timeout
     wait_until(done, timeout, interval=0.02, what=f"{target} completed jobs")
 
 
-def drain(store: Path, ids: Sequence[str], workers: int, log_dir: Path) -> dict:
+def drain(store: Store, ids: Sequence[str], workers: int, log_dir: Path) -> dict:
     """Runs `start --count workers` until these pending jobs are completed; rate from timestamps."""
     target = counts(store)["completed"] + len(ids)
     launched = time.time()

@@ -94,18 +94,63 @@ def peer_rows(r: dict) -> list[Row]:
     return rows + [(f"peer {name}", "", "", "", f"not run: {why}") for name, why in r["not_run"].items()]
 
 
+def on_redis(rows: list[Row]) -> list[Row]:
+    return [(f"Redis: {row[0]}", *row[1:]) for row in rows]
+
+
+def redis_drain_rows(r: dict, server: str, _json: Optional[dict]) -> list[Row]:
+    rows = on_redis(drain_rows(r))
+    first = rows[0]
+    return [(*first[:4], f"redis-server {server}, persistence off; {first[4]}"), *rows[1:]]
+
+
+def redis_enqueue_rows(r: dict, _server: str, json_figures: Optional[dict]) -> list[Row]:
+    ms = r["cli_ms"]["median_ms"]
+    other = f"{num(ms)} ms"
+    if json_figures:
+        json_ms = json_figures["cli_ms"]["median_ms"]
+        other += f"; JSON store {num(json_ms)} ms; ratio {num(ms / json_ms if json_ms else None, 2)}"
+    return [("Redis: `queuectl enqueue true`, median ms", "", "", "", other)]
+
+
+def redis_bulk_rows(r: dict, _server: str, _json: Optional[dict]) -> list[Row]:
+    return on_redis(bulk_rows(r))
+
+
+def redis_pickup_rows(r: dict, _server: str, _json: Optional[dict]) -> list[Row]:
+    rows = on_redis(pickup_rows(r))
+    return [(*row[:4], f"{r['samples']} jobs; idle workers block on a Redis wake-up list") for row in rows]
+
+
+def redis_rows(r: dict) -> list[Row]:
+    """Only the reason when Redis could not run; its figures sit beside the JSON ones."""
+    if r.get("available") is False:
+        return [("Redis backend", "", "", "", f"not run: {r.get('reason')}")]
+    return []
+
+
 ROWS: dict[str, Callable[[dict], list[Row]]] = {
     "raw": raw_rows, "drain": drain_rows, "enqueue": enqueue_rows, "bulk": bulk_rows,
-    "pickup": pickup_rows, "scale": scale_rows, "recovery": recovery_rows, "memory": memory_rows,
-    "peers": peer_rows,
+    "pickup": pickup_rows, "redis": redis_rows, "scale": scale_rows, "recovery": recovery_rows,
+    "memory": memory_rows, "peers": peer_rows,
+}
+
+# The Redis figures of a measurement, printed right below its JSON rows:
+# (Redis figures, redis-server version, the JSON figures when measured too) -> rows.
+REDIS_ROWS: dict[str, Callable[[dict, str, Optional[dict]], list[Row]]] = {
+    "drain": redis_drain_rows, "enqueue": redis_enqueue_rows, "bulk": redis_bulk_rows,
+    "pickup": redis_pickup_rows,
 }
 
 
 def table(results: dict, errors: Optional[dict] = None) -> str:
     rows: list[Row] = []
+    redis = results.get("redis") or {}
     for name, make in ROWS.items():
         if name in results:
             rows += make(results[name])
+        if name in REDIS_ROWS and name in redis:
+            rows += REDIS_ROWS[name](redis[name], redis.get("server", "?"), results.get(name))
     for name, error in (errors or {}).items():
         rows.append((name, "", "", "", f"FAILED: {error.strip().splitlines()[-1][:100]}"))
     widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]

@@ -991,7 +991,14 @@ class RedisStorage(Storage):
             top = os.path.join(tempfile.gettempdir(), f"queuectl-{user}")
             folder = os.path.join(top, "redis-" + hashlib.sha256(self.display.encode()).hexdigest()[:16])
             try:
-                os.makedirs(folder, mode=0o700, exist_ok=True)
+                # Level by level: makedirs() gives its mode to the leaf only, so a top folder it
+                # created was readable by all, refused below, and every process then wrote its
+                # output to a one-off folder where `queuectl logs` never found it.
+                for path in (top, folder):
+                    try:
+                        os.mkdir(path, 0o700)
+                    except FileExistsError:
+                        _tighten(path)
                 safe = all(_private_dir(path) for path in (top, folder))
             except OSError:
                 safe = False
@@ -1062,6 +1069,16 @@ def _describe(e: Exception) -> str:
     if "closed" in text or "reset" in text or "broken pipe" in text:
         return "connection lost"
     return type(e).__name__
+
+
+def _tighten(path: str) -> None:
+    """Makes a folder of ours private if it is not (an earlier version left its top folder open).
+
+    Anything else, a symlink or another user's folder, is left as it is, for _private_dir to refuse.
+    """
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and hasattr(os, "geteuid") and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def _private_dir(path: str) -> bool:
