@@ -14,6 +14,10 @@ from .core.errors import EXIT_RUNTIME, EXIT_USAGE, QueuectlError
 from .core.job import JobState
 from .core.utils.config import DEFAULT_STORAGE_PATH, STORAGE_ENV, Config
 
+# When this process began, near enough: a `stop` sent after it is meant for this `start`, even
+# while the start is still importing and recovering.
+LAUNCHED_AT = time.time()
+
 # Columns are cut to these widths so a table stays readable in a terminal.
 COMMAND_WIDTH = 50
 ERROR_WIDTH = 60
@@ -245,7 +249,7 @@ def _start(app: App, count: int | None, timeout: float | None, detach: bool = Fa
         return
     from .core.worker import WorkerPool, setup_logging
     setup_logging(manager.config.log_level)
-    pool = WorkerPool(manager, count, timeout)
+    pool = WorkerPool(manager, count, timeout, launched_at=LAUNCHED_AT)
     pool.install_signal_handlers()
     if timeout:
         click.echo(f"Started {count} worker(s) for {_num(timeout)} seconds")

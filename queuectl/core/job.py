@@ -1,12 +1,13 @@
 """The job record, its states, and the pure rules about retries."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -143,9 +144,18 @@ class Job:
         return self.due_at >= BLOCKED
 
     def evolve(self, **changes: Any) -> Job:
-        """A copy with the changes applied and updated_at set to now."""
+        """A copy with the changes applied and updated_at set to now.
+
+        For the queue's own transitions: the fields are not validated again (that is what
+        `replace` would do, at a cost a worker pays several times per job).
+        """
         changes.setdefault("updated_at", now_iso())
-        return replace(self, **changes)
+        unknown = changes.keys() - _KNOWN_FIELDS
+        if unknown:
+            raise TypeError(f"unknown job field(s): {', '.join(sorted(unknown))}")
+        new = copy.copy(self)
+        new.__dict__.update(changes)
+        return new
 
     def public_dict(self) -> dict[str, Any]:
         """The documented JSON view (`--json`, the dashboard's API): stable keys, ISO times."""
@@ -163,17 +173,24 @@ class Job:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["state"] = self.state.value
+        d = self._fields()
+        d["history"] = [dict(h) for h in self.history]
+        d["after"] = list(self.after)
+        d["no_retry_on"] = None if self.no_retry_on is None else list(self.no_retry_on)
         return d
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        # Not through asdict(): its deep copy cost more than a worker's whole bookkeeping.
+        return json.dumps(self._fields(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def _fields(self) -> dict[str, Any]:
+        d = {name: getattr(self, name) for name in _FIELD_NAMES}
+        d["state"] = self.state.value
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _KNOWN_FIELDS})
 
     @classmethod
     def from_json(cls, raw: bytes) -> Job:
@@ -181,6 +198,10 @@ class Job:
         if not isinstance(data, dict):
             raise ValueError("job file does not hold an object")
         return cls.from_dict(data)
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Job))
+_KNOWN_FIELDS = frozenset(_FIELD_NAMES)
 
 
 def validate_command(command: Any) -> str:

@@ -1,7 +1,6 @@
 """QueueManager: the queue's rules (retries, backoff, the DLQ, recovery) over any Storage."""
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -25,8 +24,9 @@ from .job import (
 )
 from .storage import ManagerInfo, Storage
 from .utils.config import Config, validate_assignment
+from .utils.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # A unique key stays taken while its job is in one of these states.
 LIVE_STATES = (JobState.PENDING, JobState.FAILED, JobState.PROCESSING)
@@ -120,9 +120,11 @@ class QueueManager:
             self._add_with_dependencies(job)
         else:
             self.storage.add(job)
-        self.storage.notify_work()
-        log.debug("Job %s enqueued: %s", job.id, job.command)
-        return self.storage.get(job.id) or job, False
+        if not self.storage.wakes_on_add:
+            self.storage.notify_work()
+        if job.after:
+            return self.storage.get(job.id) or job, False  # a dependency may have moved it on
+        return job, False
 
     def _reserve_unique(self, job: Job) -> Job | None:
         """Gives the job its unique key, or returns the live job that holds it.
@@ -330,7 +332,7 @@ class QueueManager:
         entry = {"attempt": job.attempts, "started_at": job.started_at, "finished_at": now_iso(),
                  "worker": job.worker_id, "error": reason, "counted": False}
         new = job.evolve(state=JobState.PENDING, attempts=max(0, job.attempts - 1),
-                         due_at=time.time(), worker_id=None,
+                         due_at=time.time(), worker_id=None, finished_at=entry["finished_at"],
                          history=(job.history + [entry])[-MAX_HISTORY:])
         self.storage.update(job, new)
         return new
@@ -340,11 +342,16 @@ class QueueManager:
         self.storage.maintain()
         return self.recover()
 
-    def recover(self) -> list[Job]:
-        """Returns the jobs of dead workers to the queue (see `orphan_rule`)."""
+    def recover(self, quiet: bool = False) -> list[Job]:
+        """Returns the jobs of dead workers to the queue (see `orphan_rule`).
+
+        `quiet` logs at info level: a CLI command that tidies up before its own work keeps its
+        stderr for its own error.
+        """
         recovered = self.storage.recover(self.orphan_rule)
         for job in recovered:
-            log.warning("Recovered job %s from a dead worker: now %s", job.id, job.state.value)
+            (log.info if quiet else log.warning)("Recovered job %s from a dead process: now %s",
+                                                 job.id, job.state.value)
             if job.state is JobState.DEAD:
                 self._settle_dependants(job.id)
         return recovered
@@ -353,9 +360,16 @@ class QueueManager:
     def orphan_rule(job: Job) -> Job:
         """A worker died mid-attempt: the attempt counts, and the job runs again at once.
 
+        An attempt has started when `started_at` is set and `finished_at` is not (every end of an
+        attempt sets `finished_at`; its start clears it).
+
         Counting it means a command that kills its worker (say, by exhausting memory) ends in the
         DLQ instead of looping forever; running it at once means recovery adds no backoff delay.
         """
+        if job.started_at is None or job.finished_at is not None:
+            # Taken, but its attempt had not started (the start is recorded before the command
+            # runs): nothing ran, so nothing counts and the job's last error stays its own.
+            return job.evolve(state=JobState.PENDING, due_at=time.time(), worker_id=None)
         error = f"Worker died during attempt {job.attempts}"
         entry = {"attempt": job.attempts, "started_at": job.started_at, "finished_at": now_iso(),
                  "worker": job.worker_id, "error": error}
@@ -364,11 +378,19 @@ class QueueManager:
             return job.evolve(state=JobState.DEAD, last_error=error, history=history,
                               finished_at=entry["finished_at"])
         return job.evolve(state=JobState.PENDING, last_error=error, history=history,
-                          due_at=time.time(), worker_id=None)
+                          due_at=time.time(), worker_id=None, finished_at=entry["finished_at"])
 
     # -- the DLQ and cleanup -------------------------------------------------------------
+    def _resolve_settled(self, ref: str) -> Job:
+        """`resolve`, after recovering the job if a dead process left it in processing (a killed
+        `dlq retry` or `cancel`, say: without this, it waited there for the next `start`)."""
+        job = self.resolve(ref)
+        if job.state is JobState.PROCESSING and any(r.id == job.id for r in self.recover(quiet=True)):
+            job = self.resolve(job.id)
+        return job
+
     def retry_dead(self, ref: str | Job) -> Job:
-        job = ref if isinstance(ref, Job) else self.resolve(ref)
+        job = ref if isinstance(ref, Job) else self._resolve_settled(ref)
         if job.state is not JobState.DEAD:
             raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
         new = job.evolve(state=JobState.PENDING, attempts=0, due_at=time.time(), worker_id=None)
@@ -386,6 +408,7 @@ class QueueManager:
 
     def retry_all_dead(self) -> list[Job]:
         retried = []
+        self.recover(quiet=True)  # jobs a killed command left in processing/ count as where they were
         for job in self.list_jobs(JobState.DEAD):
             try:
                 retried.append(self.retry_dead(job))
@@ -395,7 +418,7 @@ class QueueManager:
 
     def cancel(self, ref: str, wait: float = 10.0) -> Job:
         """Moves a waiting job to the DLQ as `Cancelled`; a running one is ended first."""
-        job = self.resolve(ref)
+        job = self._resolve_settled(ref)
         if job.state in (JobState.COMPLETED, JobState.DEAD):
             raise InvalidStateError(f"job {job.id} is already {job.state.value}")
         if job.state is JobState.PROCESSING:
@@ -428,6 +451,7 @@ class QueueManager:
         if state not in (JobState.COMPLETED, JobState.DEAD):
             raise ValidationError("only completed or dead jobs can be purged")
         cutoff = time.time() - older_than if older_than is not None else None
+        self.recover(quiet=True)
         return self._delete(j for j in self.list_jobs(state) if cutoff is None or _finished(j) <= cutoff)
 
     def _delete(self, jobs: Iterable[Job]) -> int:
@@ -443,7 +467,7 @@ class QueueManager:
 
     def purge_dead(self, ref: str) -> Job:
         """Deletes one dead job (id or unique prefix) with its output; returns it as it was."""
-        job = self.resolve(ref)
+        job = self._resolve_settled(ref)
         if job.state is not JobState.DEAD:
             raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
         try:
@@ -466,9 +490,13 @@ class QueueManager:
         return self._delete(jobs[: max(0, len(jobs) - keep)])
 
     def request_stop(self, force: bool = False) -> list[ManagerInfo]:
-        """Asks every running manager to stop; returns those that were running."""
+        """Asks every running manager to stop; returns those that were running.
+
+        The request is stored even when none is registered yet: a `start` launched before it but
+        still starting up honours it (a `start` launched later never does).
+        """
         running = self.managers()
-        if running:
+        if running or self.storage.exists():  # `stop` alone does not create a store
             self.storage.request_stop(force)
         return running
 

@@ -7,8 +7,6 @@ not at all. The contract test suite (tests/test_storage_contract.py) runs agains
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -41,6 +39,8 @@ class Storage(ABC):
 
     #: how the store is named to a user (never carries a secret)
     display: str
+    #: `add` wakes an idle worker itself (before its flush, which a worker need not wait for)
+    wakes_on_add: bool = False
 
     # -- store ---------------------------------------------------------------------------
     @abstractmethod
@@ -226,6 +226,8 @@ class Storage(ABC):
         """Files for an attempt's stdout and stderr. Default: a private temp folder."""
         folder = getattr(self, "_output_dir", None)
         if folder is None:
+            import tempfile
+
             folder = tempfile.mkdtemp(prefix="queuectl-output-")
             self._output_dir = folder
         base = os.path.join(folder, f"{job_id}.{attempt}")
@@ -233,6 +235,8 @@ class Storage(ABC):
 
     def log_dir(self) -> str:
         """A private folder for the logs of background managers. Default: a temp folder."""
+        import tempfile
+
         folder = os.path.join(tempfile.gettempdir(), f"queuectl-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
         os.makedirs(folder, mode=0o700, exist_ok=True)
         return folder
@@ -248,6 +252,8 @@ class Storage(ABC):
 
 def host_id() -> str:
     """This host's name in ids and listings (QUEUECTL_HOST_ID overrides the machine's)."""
+    import socket  # only workers and managers need it; enqueue should not pay for it
+
     return os.environ.get("QUEUECTL_HOST_ID") or socket.gethostname()
 
 

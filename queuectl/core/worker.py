@@ -237,8 +237,11 @@ def _worker_main(settings: WorkerSettings, stop: Any, force: Any) -> None:
 class WorkerPool:
     """The `start` process: spawns workers, restarts dead ones, recovers orphans, stops cleanly."""
 
-    def __init__(self, manager: QueueManager, count: int, duration: float | None = None):
+    def __init__(self, manager: QueueManager, count: int, duration: float | None = None,
+                 launched_at: float | None = None):
         self.manager = manager
+        # A `stop` sent after this time is for us, even one sent while we were still starting.
+        self.launched_at = launched_at
         self.storage = manager.storage
         self.count = count
         self.duration = duration
@@ -325,7 +328,7 @@ class WorkerPool:
         if self.duration is not None and time.time() - begin >= self.duration:
             log.info("Run time of %ss is over: finishing running jobs, then stopping", _fmt(self.duration))
             return True
-        mode = self.storage.stop_requested(begin)
+        mode = self.storage.stop_requested(min(begin, self.launched_at or begin))
         if mode == "force":
             log.warning("Forced stop requested: ending running jobs and returning them to pending")
             self.force_event.set()

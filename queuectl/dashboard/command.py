@@ -4,8 +4,6 @@ Importing this module loads neither Flask nor waitress, so the CLI works without
 """
 from __future__ import annotations
 
-import ipaddress
-import signal
 from typing import Any
 
 import click
@@ -23,6 +21,8 @@ def is_loopback(host: str) -> bool:
     """Whether binding `host` keeps the dashboard on this machine (localhost, 127.0.0.0/8, ::1)."""
     if host.strip().lower() == "localhost":
         return True
+    import ipaddress  # this module loads with every CLI call; the dashboard rarely runs
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -81,6 +81,8 @@ def dashboard(app: Any, host: str, port: int, token: str | None) -> None:
     if token:
         click.echo("Retry and purge need the token: open /?token=TOKEN once, or send 'Authorization: Bearer TOKEN'")
     click.echo("Press Ctrl+C to stop.")
+    import signal
+
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()  # returns on Ctrl+C or SIGTERM

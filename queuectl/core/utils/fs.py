@@ -11,6 +11,8 @@ import sys
 import uuid
 from typing import IO
 
+from .faults import fault
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 # A lock file's note is rewritten in place at this fixed size (padded), never truncated.
@@ -30,10 +32,12 @@ def sync_filesystem(path: str, files: list[str] | None = None) -> None:
     if syncfs is not None:
         fd = os.open(path, os.O_RDONLY)
         try:
-            if syncfs(fd) == 0:
-                return
+            synced = syncfs(fd) == 0
         finally:
             os.close(fd)
+        if synced:
+            fault("sync.after")
+            return
     if files is not None:
         for name in files:
             fd = os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -43,6 +47,7 @@ def sync_filesystem(path: str, files: list[str] | None = None) -> None:
                 os.close(fd)
     elif hasattr(os, "sync"):
         os.sync()
+    fault("sync.after")
 
 
 _SYNCFS: list = []
@@ -69,6 +74,7 @@ def write_private(path: str, data: bytes) -> None:
         _write_all(fd, data)
     finally:
         os.close(fd)
+    fault("stage.written")
 
 
 def fsync_dir(path: str) -> None:
@@ -94,14 +100,17 @@ def write_file(path: str, data: bytes, durable: bool = True, sync_dir: bool = Tr
     try:
         try:
             _write_all(fd, data)
+            fault("write.before_fsync")
             if durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
+        fault("write.before_replace")
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    fault("write.after_replace")
     if durable and sync_dir:
         fsync_dir(folder)
 
@@ -150,6 +159,7 @@ class HeldLock:
             os.close(fd)
             raise BlockingIOError(errno.EWOULDBLOCK, "lock is held", path)
         self.fd: int | None = fd
+        fault("lock.held")
 
     def note(self, text: str) -> None:
         """Records a short note in the lock file (overwriting the previous one)."""
@@ -187,6 +197,7 @@ class Mutex:
             os.close(fd)
             raise
         self.fd = fd
+        fault("mutex.held")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -227,6 +238,7 @@ def take_stale_lock(path: str) -> HeldLock | None:
         return None
     lock = HeldLock.__new__(HeldLock)
     lock.path, lock.fd = path, fd
+    fault("lock.held")
     return lock
 
 
