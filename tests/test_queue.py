@@ -126,6 +126,26 @@ def test_a_dead_workers_attempt_counts_and_the_job_runs_again(manager):
     assert manager.storage.get(job.id).state is JobState.DEAD  # two attempts were allowed
 
 
+def test_a_job_taken_but_not_started_goes_back_without_a_death(manager):
+    """A worker that dies between taking a job and recording its start ran nothing: the job's
+    own last error and history stay, and no attempt is counted (on every backend)."""
+    manager.storage.register_owner("w1")
+    job = manager.enqueue("exit 3", max_retries=2)
+    taken = manager.claim("w1")
+    failed = manager.finish(taken, Outcome(exit_code=3, error="Exit code 3", started=time.time(),
+                                           finished=time.time()))
+    manager.storage.update(failed, failed.evolve(due_at=time.time()))  # due again at once
+    manager.storage.flush()
+    manager.storage.register_owner("doomed")
+    taken_only = manager.storage.claim("doomed", time.time())  # taken; its start never recorded
+    assert taken_only is not None and taken_only.id == job.id
+    manager.storage.unregister_owner("doomed")
+    manager.recover()
+    back = manager.storage.get(job.id)
+    assert back.state in (JobState.PENDING, JobState.FAILED) and back.attempts == 1  # runnable again
+    assert back.last_error == "Exit code 3" and len(back.history) == 1
+
+
 def test_a_live_workers_job_is_never_recovered(manager):
     manager.storage.register_owner("alive")
     manager.enqueue("sleep 10")

@@ -2,8 +2,9 @@
 
 - Every way of stopping (SIGTERM, Ctrl+C, `queuectl stop [--force]` from elsewhere, a second
   signal) leaves each job completed or runnable, never stuck in processing/, never run twice.
-- A job's timeout ends its whole process group, even children that ignore SIGTERM, and a job
-  orphaned by a killed `start` is ended by the next one before the job runs again.
+- A job's timeout ends its whole process group, even children that ignore SIGTERM and a job
+  that keeps forking, and a job orphaned by a killed `start` is ended by the next one before
+  the job runs again.
 - A job that floods stdout does not grow the memory of `start` or its workers; how much of that
   output is kept on disk is bounded by `log_max_bytes`.
 - No zombie children are left behind.
@@ -37,6 +38,8 @@ from faultkit import (
 
 GRACEFUL = ("sigterm", "sigint", "stop-from-elsewhere")
 FORCED = ("double-sigint", "double-sigterm", "stop-force-from-elsewhere")
+# Long-lived children of the job that forks heavily, at most.
+FORK_CAP = 200
 
 
 def _send(proc, starter, mode: str, elsewhere) -> None:
@@ -126,6 +129,39 @@ def test_a_job_that_never_exits_is_bounded_by_its_timeout(proc):
     assert run.returncode == 0
     state, dead = jobs_on_disk(proc.data)[job]
     assert state == "dead" and dead["last_error"] == "Timed out after 2s"
+    assert not no_survivors(proc.data)
+
+
+def test_a_job_that_forks_heavily_is_bounded_by_its_timeout(proc, tmp_path):
+    """A job that never stops forking: up to FORK_CAP long-lived children that ignore SIGTERM
+    (the cap keeps a broken timeout from becoming a fork bomb), and a new short-lived child every
+    few milliseconds. Its timeout ends it, and every process of its group with it."""
+    pidfile = tmp_path / "pgid"
+    proc("config", "set", "job_timeout", "3")
+    job = proc.enqueue(
+        f"echo $$ > {pidfile}; trap '' TERM; i=0; while :; do "
+        f"if [ $i -lt {FORK_CAP} ]; then sleep 100 & i=$((i + 1)); fi; true & sleep 0.005; done",
+        "--max-retries", "0")
+    # a graceful end waits for the running job: without the timeout this would never return
+    starter, log = spawn(proc, "start", "--count", "1", "--timeout", "1")
+    peak = 0
+
+    def sample() -> bool:
+        nonlocal peak
+        peak = max(peak, len(group_members(pgid)))
+        return starter.poll() is not None
+
+    try:
+        assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=60)
+        pgid = int(pidfile.read_text())
+        assert wait_for(sample, timeout=90, interval=0.2), log.read_text()[-3000:]
+        assert wait_for(lambda: not group_members(pgid), timeout=10), f"left alive: {len(group_members(pgid))}"
+    finally:
+        cleanup(proc.data, [starter])
+    assert starter.returncode == 0, log.read_text()[-3000:]
+    assert peak >= FORK_CAP // 2, f"the job never had more than {peak} processes: it did not fork heavily"
+    state, dead = jobs_on_disk(proc.data)[job]
+    assert state == "dead" and dead["last_error"] == "Timed out after 3s"
     assert not no_survivors(proc.data)
 
 

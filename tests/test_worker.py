@@ -111,3 +111,30 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def test_a_stop_sent_while_start_was_starting_is_honoured(json_store, tmp_path):
+    """`start` is slow to come up (imports, recovery); a `stop` sent meanwhile is for it."""
+    from queuectl.core.worker import WorkerPool
+
+    manager = QueueManager(json_store, str(tmp_path / "data"))
+    launched = time.time()
+    time.sleep(0.01)
+    json_store.request_stop()  # after the launch, before the pool's own start time
+    time.sleep(0.01)
+    pool = WorkerPool(manager, 1, duration=30, launched_at=launched)
+    began = time.monotonic()
+    pool.run()
+    assert time.monotonic() - began < 15, "the stop was missed: the pool ran until its duration"
+
+
+def test_a_stop_older_than_the_launch_is_not_for_this_start(json_store, tmp_path):
+    from queuectl.core.worker import WorkerPool
+
+    manager = QueueManager(json_store, str(tmp_path / "data"))
+    json_store.request_stop()
+    time.sleep(0.01)
+    pool = WorkerPool(manager, 1, duration=2, launched_at=time.time())
+    began = time.monotonic()
+    pool.run()
+    assert time.monotonic() - began >= 1.9, "an old stop request stopped a new start"
