@@ -195,6 +195,7 @@ def not_run(results: dict, errors: dict) -> dict:
 @contextlib.contextmanager
 def cleanup_on_signals() -> Iterator[None]:
     """SIGTERM/SIGHUP unwind like Ctrl+C, so every `finally` runs; then no process is left."""
+    from qbench.common import remove_deferred
     from qbench.procs import terminate_all
 
     def leave(signum, _frame):
@@ -204,6 +205,7 @@ def cleanup_on_signals() -> Iterator[None]:
         yield
     finally:
         terminate_all()
+        remove_deferred()
         for sig, handler in old.items():
             signal.signal(sig, handler)
 

@@ -1,6 +1,7 @@
 """One worker iteration at a time (`run_once`), with real shell commands, on every backend."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -138,3 +139,50 @@ def test_a_stop_older_than_the_launch_is_not_for_this_start(json_store, tmp_path
     began = time.monotonic()
     pool.run()
     assert time.monotonic() - began >= 1.9, "an old stop request stopped a new start"
+
+
+def test_a_note_longer_than_its_first_size_reads_back_whole(tmp_path):
+    from queuectl.core.utils import fs
+
+    lock = fs.HeldLock(str(tmp_path / "owner.lock"))
+    try:
+        long_note = json.dumps({"done": {f"job-{i}": [1, "x" * 40] for i in range(100)}})
+        lock.note(long_note)
+        assert fs.probe_lock(str(tmp_path / "owner.lock"))[1] == long_note
+        lock.note('{"job": "a"}')  # shorter: the longer one's tail must not show through
+        assert json.loads(fs.probe_lock(str(tmp_path / "owner.lock"))[1]) == {"job": "a"}
+    finally:
+        lock.release()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_many_results_of_a_killed_worker_are_all_committed_by_recovery(tmp_path):
+    """A fast worker lists up to a batch of uncommitted results in its note (well over 1 KB)."""
+    from queuectl.core.backends import json_backend
+    from queuectl.core.storage import get_storage
+
+    path = str(tmp_path / "data")
+    marker = tmp_path / "marker"
+    store = get_storage(path)
+    QueueManager(store).enqueue_many(json.dumps({"id": f"j{i:02d}", "command": f"echo j{i:02d} >> {marker}"})
+                                     for i in range(30))
+    store.close()
+    pid = os.fork()
+    if pid == 0:  # the worker: results stay uncommitted, then it dies without a word
+        try:
+            json_backend.COUNT_FLUSH_INTERVAL = 3600
+            child = get_storage(path)
+            worker = Worker(QueueManager(child), "worker-1")
+            for _ in range(30):
+                worker.run_once()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    store = get_storage(path)
+    try:
+        manager = QueueManager(store)
+        manager.recover()
+        assert {s.value: n for s, n in store.counts().items() if n} == {"completed": 30}
+        assert sorted(marker.read_text().split()) == [f"j{i:02d}" for i in range(30)]  # none ran twice
+    finally:
+        store.close()

@@ -58,14 +58,33 @@ def json_store(scratch: Path, tag: str) -> Iterator[Path]:
     yield scratch / f"data-{tag}"
 
 
+# Folders whose removal waits for the end of the run (see `temp_dir`).
+_DEFERRED: list[Path] = []
+
+
 @contextlib.contextmanager
-def temp_dir(tag: str) -> Iterator[Path]:
-    """A private scratch folder (mode 0700, as queuectl requires), removed whatever happens."""
+def temp_dir(tag: str, defer: bool = True) -> Iterator[Path]:
+    """A private scratch folder (mode 0700, as queuectl requires), removed whatever happens.
+
+    Removal waits until `remove_deferred` at the end of the run: on ext4 without a journal,
+    creating a file skips every inode freed in the last 30 s, one probe each, so deleting one
+    measurement's thousands of files slowed the file creation of the next one several times
+    over, which measured the benchmark's own cleanup rather than queuectl.
+    """
     path = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{tag}-"))
     try:
         yield path
     finally:
-        remove_tree(path)
+        if defer:
+            _DEFERRED.append(path)
+        else:
+            remove_tree(path)
+
+
+def remove_deferred() -> None:
+    """Removes every scratch folder `temp_dir` kept for the end of the run."""
+    while _DEFERRED:
+        remove_tree(_DEFERRED.pop())
 
 
 def remove_tree(path: Path) -> None:

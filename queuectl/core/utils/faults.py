@@ -26,6 +26,9 @@ same kind of step may call one too):
     sync.after            sync_filesystem: a batch is durable; its renames have not begun
     lock.held             HeldLock, take_stale_lock: an owner or manager lock was just taken
     mutex.held            Mutex: the lock of a short critical section was just taken
+    rename.done           the JSON backend: a job file was just moved (a claim, a commit, a
+                          result's rename, a recycled file), the next step not yet taken
+    counts.written        the JSON backend: counts.json was just overwritten in place
 
 `arm` sets or clears the fault inside a running process (a test's forked child).
 """
@@ -35,7 +38,7 @@ import os
 
 ENV = "QUEUECTL_FAULT"
 POINTS = ("write.before_fsync", "write.before_replace", "write.after_replace", "stage.written",
-          "sync.after", "lock.held", "mutex.held")
+          "sync.after", "lock.held", "mutex.held", "rename.done", "counts.written")
 
 _target: tuple[str, int, str | None] | None = None
 _hits = 0

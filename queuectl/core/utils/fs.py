@@ -17,6 +17,8 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 # A lock file's note is rewritten in place at this fixed size (padded), never truncated.
 NOTE_SIZE = 1024
+# A note is read up to this many 64 KiB chunks (a sane bound for a corrupt, huge lock file).
+MAX_NOTE_CHUNKS = 64
 
 try:
     import fcntl
@@ -159,15 +161,21 @@ class HeldLock:
             os.close(fd)
             raise BlockingIOError(errno.EWOULDBLOCK, "lock is held", path)
         self.fd: int | None = fd
+        self.size = os.fstat(fd).st_size
         fault("lock.held")
 
     def note(self, text: str) -> None:
-        """Records a short note in the lock file (overwriting the previous one)."""
+        """Records a note in the lock file, overwriting the previous one in place.
+
+        Padded with spaces to at least NOTE_SIZE and to the longest note written before, so a
+        shorter note never leaves the tail of a longer one behind; readers read to the end.
+        """
         if self.fd is None:
             return
-        data = text.encode().ljust(NOTE_SIZE)
+        data = text.encode()
+        self.size = max(NOTE_SIZE, len(data), self.size)
         os.lseek(self.fd, 0, os.SEEK_SET)
-        _write_all(self.fd, data)
+        _write_all(self.fd, data.ljust(self.size))
 
     def release(self, remove: bool = True) -> None:
         if self.fd is None:
@@ -218,7 +226,7 @@ def probe_lock(path: str) -> tuple[bool, str]:
     except FileNotFoundError:
         return False, ""
     try:
-        note = os.read(fd, NOTE_SIZE).decode(errors="replace").strip()
+        note = _read_note(fd)
         held = not _try_lock(fd, exclusive=False)
         if not held:
             _unlock(fd)
@@ -237,15 +245,23 @@ def take_stale_lock(path: str) -> HeldLock | None:
         os.close(fd)
         return None
     lock = HeldLock.__new__(HeldLock)
-    lock.path, lock.fd = path, fd
+    lock.path, lock.fd, lock.size = path, fd, os.fstat(fd).st_size
     fault("lock.held")
     return lock
 
 
 def read_note(lock: HeldLock) -> str:
     assert lock.fd is not None
-    os.lseek(lock.fd, 0, os.SEEK_SET)
-    return os.read(lock.fd, NOTE_SIZE).decode(errors="replace").strip()
+    return _read_note(lock.fd)
+
+
+def _read_note(fd: int) -> str:
+    """The whole note: a busy worker's list of uncommitted results can outgrow NOTE_SIZE."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while len(chunks) < MAX_NOTE_CHUNKS and (chunk := os.read(fd, 1 << 16)):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace").strip()
 
 
 if fcntl is not None:
