@@ -39,7 +39,7 @@ import uuid
 from typing import Any, Callable, Iterator
 
 from .. import metrics
-from ..errors import ConflictError, DuplicateJobError, StorageError
+from ..errors import ConflictError, DuplicateJobError, QueuectlError, StorageError
 from ..job import Job, JobState
 from ..storage import ManagerInfo, Storage, new_owner_id
 from ..utils import fs, wake
@@ -66,6 +66,9 @@ TEMP_MAX_AGE = 60.0
 # A worker recycles the files of the jobs it finished as the files of its next results (see
 # `_spare_file`); it keeps at most this many.
 MAX_SPARES = 32
+# A worker commits its batch early rather than let its note's list of uncommitted results pass
+# this size: a note within one page is written whole even by a process killed mid-write.
+NOTE_DONE_MAX = 3000
 
 
 class JsonStorage(Storage):
@@ -87,6 +90,7 @@ class JsonStorage(Storage):
         self._flushed_at = 0.0
         self._commits: list[tuple[str, str, Job, Job]] = []
         self._spares: list[str] = []
+        self._cooling: list[str] = []  # recycled, not yet reusable (see `_recycle`)
         self._gen: int | None = None  # counts.json generation when this buffer began
         self._notes: dict[str, dict[str, Any]] = {}
         self._done_json: dict[str, str] = {}  # per owner, see `_note`
@@ -189,6 +193,18 @@ class JsonStorage(Storage):
         marker = self._p("ids", job.id)
         self._mark_id(marker, job)
         path = self._path(job)
+        if fs._syncfs() is None:  # no syncfs: fsync file and folder before the job can be seen
+            try:
+                fs.write_file(path, job.to_json())
+            except BaseException as e:
+                _unlink(marker)
+                if isinstance(e, OSError):
+                    raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
+                raise
+            if job.state in RUNNABLE:
+                self.notify_work()
+            self._count({job.state: 1})
+            return
         tmp = self._p("tmp", f".{job.id}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             fs.write_private(tmp, job.to_json())
@@ -203,9 +219,7 @@ class JsonStorage(Storage):
             self.notify_work()
         self._count({job.state: 1})  # counts are stored unclamped: a claim may subtract first
         try:
-            fs.sync_filesystem(self.root, [path])
-            if fs._syncfs() is None:  # the fallback synced only the file
-                fs.fsync_dir(os.path.dirname(path))
+            fs.sync_filesystem(self.root)
         except OSError as e:
             raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
 
@@ -217,7 +231,8 @@ class JsonStorage(Storage):
         self._ensure()
         self.roll_forward()
         jobs = list(jobs)
-        folder = self._p("tmp", f".batch-{uuid.uuid4().hex[:12]}")
+        # Named after this process's owner id: its lock tells a live batch from a dead one.
+        folder = self._p("tmp", f".batch-{self._own_cli_owner()}.{uuid.uuid4().hex[:12]}")
         markers: list[str] = []
         staged: list[str] = []
 
@@ -266,6 +281,23 @@ class JsonStorage(Storage):
         _rmdir(folder)
         self.notify_work(len(names))
 
+    def _batch_alive(self, folder: str) -> bool:
+        """Whether the `enqueue --file` that stages the batch `folder` (a name in tmp/) still runs."""
+        owner = folder[len(".batch-"):].split(".")[0]
+        return owner in self._owners or fs.probe_lock(self._p("owners", f"{owner}.lock"))[0]
+
+    def _staged(self, job_id: str) -> bool:
+        """Whether a live `enqueue --file` has this id in its batch (its marker is not stale)."""
+        for folder in self._names_all("tmp"):
+            path = self._p("tmp", folder)
+            if folder.startswith(".batch-") and self._batch_alive(folder):
+                try:
+                    if any((p := _parse_runnable(n[1:-4])) and p[3] == job_id for n in os.listdir(path)):
+                        return True
+                except OSError:
+                    continue
+        return False
+
     def roll_forward(self) -> None:
         """Finishes the batches that a killed `enqueue --file` committed but did not move."""
         for name in self._names_all("tmp"):
@@ -284,7 +316,8 @@ class JsonStorage(Storage):
                 raise
             os.close(fd)
         except FileExistsError:
-            if self.get(job.id) is not None:
+            self.roll_forward()  # a batch a killed `enqueue --file` committed holds its ids
+            if self.get(job.id) is not None or self._staged(job.id):
                 raise DuplicateJobError(f"a job with id '{job.id}' already exists") from None
             fs.write_file(marker, str(job.seq).encode(), durable=False)
             # a marker left by an enqueue that died before its job file landed: reuse it
@@ -345,8 +378,17 @@ class JsonStorage(Storage):
     def _stale_copy(self, job: Job) -> bool:
         """A file in processing/ whose result is already committed: a worker was killed between
         the two renames of its commit; recovery drops the copy, readers skip it meanwhile."""
-        return any(os.path.exists(self._p(s.value, f"{job.seq}_{job.id}.json"))
-                   for s in (JobState.COMPLETED, JobState.DEAD))
+        finished = (JobState.COMPLETED, JobState.DEAD)
+        if any(os.path.exists(self._p(s.value, f"{job.seq}_{job.id}.json")) for s in finished):
+            return True
+        owner = job.worker_id or ""
+        if not owner or owner in self._owners:
+            return False
+        held, text = fs.probe_lock(self._p("owners", f"{owner}.lock"))
+        done = _parse_note(text).get("done") if not held else None
+        entry = done.get(job.id) if isinstance(done, dict) else None
+        dest = entry[3] if isinstance(entry, list) and len(entry) > 3 else None
+        return isinstance(dest, str) and os.sep not in dest and self._committed_at(dest)
 
     def jobs(self, state: JobState | None = None) -> Iterator[Job]:
         self._read_own_writes()
@@ -477,8 +519,11 @@ class JsonStorage(Storage):
         except (OSError, ValueError):
             if locked:
                 return {"_broken": True}
-        with self._lock("counts"):  # caught mid-write: once more, when the writer is done
-            return self._load_counts_file(locked=True)
+        try:
+            with self._lock("counts"):  # caught mid-write: once more, when the writer is done
+                return self._load_counts_file(locked=True)
+        except OSError:  # a read-only store: the lock file cannot be made
+            return {"_broken": True}
 
     def metrics(self) -> dict[str, Any]:
         self.flush()
@@ -591,9 +636,14 @@ class JsonStorage(Storage):
             _unlink(tmp)
             raise StorageError(f"cannot write job {new.id}: {_reason(e)}") from e
         self._commits.append((tmp, src, old, new))
-        # for `recover`, until it commits: the attempt, where its result is, when it started
-        self._note(old.worker_id or "", done_add=(old.id, [old.attempts, os.path.basename(tmp), old.started_at]))
-        if time.monotonic() - self._flushed_at >= COUNT_FLUSH_INTERVAL:
+        # For `recover`, until it commits: the attempt, where its result is, when it started,
+        # and where it goes (a result already there means only the old copy was left). The note
+        # no longer names the job as running: its attempt is over.
+        owner = old.worker_id or ""
+        self._note(owner, done_add=(old.id, [old.attempts, os.path.basename(tmp), old.started_at,
+                                             os.path.basename(self._path(new))]), job=None)
+        if time.monotonic() - self._flushed_at >= COUNT_FLUSH_INTERVAL or \
+                len(self._done_json.get(owner, "")) > NOTE_DONE_MAX:
             self.flush()
 
     def tick(self) -> None:
@@ -610,6 +660,9 @@ class JsonStorage(Storage):
             for tmp, *_ in commits:
                 _unlink(tmp)
             raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
+        # Files recycled by earlier commits are durably renamed now: they may be overwritten.
+        self._spares.extend(self._cooling)
+        self._cooling = []
         for tmp, src, old, new in commits:
             _rename(tmp, self._path(new))  # a new name: no implicit flush, no replace
             # Were we killed before this, `recover` sees the result and drops src.
@@ -632,8 +685,12 @@ class JsonStorage(Storage):
         return self._p("tmp", f".{owner}.{uuid.uuid4().hex[:12]}.spare")
 
     def _recycle(self, src: str, owner: str) -> None:
-        """Keeps a finished job's old file as a spare instead of freeing its inode."""
-        if len(self._spares) >= MAX_SPARES or not owner:
+        """Keeps a finished job's old file as a spare instead of freeing its inode.
+
+        It cools first: until the next batch's sync makes this rename durable, a power cut could
+        bring the old name back, and it must not come back holding another job's result.
+        """
+        if len(self._spares) + len(self._cooling) >= MAX_SPARES or not owner:
             _unlink(src)
             return
         spare = self._p("tmp", f".{owner}.{uuid.uuid4().hex[:12]}.spare")
@@ -642,10 +699,10 @@ class JsonStorage(Storage):
         except OSError:
             _unlink(src)
             return
-        self._spares.append(spare)
+        self._cooling.append(spare)
 
     def _drop_spares(self) -> None:
-        spares, self._spares = self._spares, []
+        spares, self._spares, self._cooling = self._spares + self._cooling, [], []
         for path in spares:
             _unlink(path)
 
@@ -696,19 +753,25 @@ class JsonStorage(Storage):
                 if os.path.exists(self._p("owners", f"{owner}.lock")):
                     continue  # alive
                 lock = fs.HeldLock(self._p("owners", f"{owner}.lock"))  # owner died unregistered
+            stuck = False
             try:
                 note = _parse_note(fs.read_note(lock))
                 self._end_orphan_command(owner, note)
                 for name in names:
-                    job = self._recover_one(name, decide, note)
+                    try:
+                        job = self._recover_one(name, decide, note)
+                    except QueuectlError as e:  # one bad file must not hold up every other one
+                        log.warning("Cannot recover %s yet: %s", name, e)
+                        stuck = True
+                        continue
                     if job is not None:
                         results.append(job)
             finally:
-                lock.release(remove=True)
+                lock.release(remove=not stuck)  # the note stays for the next pass if needed
             dead_owners = True
         self._sweep_owner_locks()
+        self._sweep_spares()
         if dead_owners:
-            self._sweep_spares()
             self.recount()  # a dead worker may have died with count changes unwritten
         return results
 
@@ -729,6 +792,8 @@ class JsonStorage(Storage):
             return None
         try:
             job = Job.from_json(raw)
+            if job.id != _id_of(name, JobState.PROCESSING):
+                raise ValueError(f"it holds job {job.id}")
         except (ValueError, TypeError) as e:
             self._quarantine(path, f"unreadable job file ({e})")
             self._count({JobState.PROCESSING: -1})
@@ -743,8 +808,11 @@ class JsonStorage(Storage):
         # The finished results come first: the note still names the last job as running after it
         # finished (until the next claim), and that job must not run again.
         if job.id in done and written_state is not JobState.PROCESSING:
-            attempt, tmp_name, started = (list(done[job.id]) + [None, None, None])[:3]
-            result = self._uncommitted_result(str(tmp_name), job)
+            attempt, tmp_name, started, dest = (list(done[job.id]) + [None] * 4)[:4]
+            if dest and os.sep not in str(dest) and self._committed_at(str(dest)):
+                _unlink(path)  # the result was committed; the worker died before moving this copy
+                return None
+            result = self._uncommitted_result(str(tmp_name), job, attempt)
             if result is not None:  # the worker died with the result written: keep it, run nothing
                 self.update(job, result)
                 _unlink(self._p("tmp", str(tmp_name)))  # only now: a recovery killed before retries
@@ -765,7 +833,11 @@ class JsonStorage(Storage):
         self.update(job, new)
         return new
 
-    def _uncommitted_result(self, tmp_name: str, job: Job) -> Job | None:
+    def _committed_at(self, dest: str) -> bool:
+        """Whether a result named `dest` (a file name in its state's folder) is in place."""
+        return any(os.path.exists(self._p(s.value, dest)) for s in JobState if s is not JobState.PROCESSING)
+
+    def _uncommitted_result(self, tmp_name: str, job: Job, attempt: Any = None) -> Job | None:
         """The result a dead worker wrote but had not committed, if it is whole (a killed process
         loses nothing it wrote; a power cut may leave the file empty, and then the job reruns)."""
         path = self._p("tmp", tmp_name)
@@ -775,8 +847,10 @@ class JsonStorage(Storage):
             result = Job.from_json(fs.read_file(path))
         except (OSError, ValueError, TypeError):
             return None
-        if result.id != job.id or result.state is JobState.PROCESSING:
+        if result.id != job.id or result.state is JobState.PROCESSING or result.finished_at is None:
             return None
+        if attempt is not None and result.attempts != attempt:
+            return None  # an older copy (after a power cut): not this attempt's result
         return result
 
     def _sweep_owner_locks(self) -> None:
@@ -819,9 +893,8 @@ class JsonStorage(Storage):
             for path in stale:
                 _unlink(path)
         for name in self._names_all("tmp"):  # batches whose `enqueue --file` died before commit
-            path = self._p("tmp", name)
-            if name.startswith(".batch-") and not name.endswith(".commit") and _older_than(path, cutoff):
-                _remove_folder(path)
+            if name.startswith(".batch-") and not name.endswith(".commit") and not self._batch_alive(name):
+                _remove_folder(self._p("tmp", name))
         self._sweep_spares()
 
     def _sweep_spares(self) -> None:
@@ -1236,13 +1309,6 @@ def _remove_folder(path: str) -> None:
     for name in names:
         _unlink(os.path.join(path, name))
     _rmdir(path)
-
-
-def _older_than(path: str, cutoff: float) -> bool:
-    try:
-        return os.stat(path).st_mtime < cutoff
-    except OSError:
-        return False
 
 
 def _rmdir(path: str) -> None:

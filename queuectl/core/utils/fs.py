@@ -42,7 +42,11 @@ def sync_filesystem(path: str, files: list[str] | None = None) -> None:
             return
     if files is not None:
         for name in files:
-            fd = os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            if os.path.isdir(name):
+                fsync_dir(name)
+                continue
+            # Windows flushes a file only through a handle that may write.
+            fd = os.open(name, os.O_RDWR | getattr(os, "O_BINARY", 0))
             try:
                 os.fsync(fd)
             finally:
@@ -156,10 +160,17 @@ class HeldLock:
 
     def __init__(self, path: str):
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), FILE_MODE)
-        if not _try_lock(fd, exclusive=True):
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), FILE_MODE)
+            if not _try_lock(fd, exclusive=True):
+                os.close(fd)
+                raise BlockingIOError(errno.EWOULDBLOCK, "lock is held", path)
+            if _same_file(fd, path):
+                break
+            # A sweeper removed the file between our open and our lock: that lock guards
+            # nothing anyone can see. Take the one at the path.
+            _unlock(fd)
             os.close(fd)
-            raise BlockingIOError(errno.EWOULDBLOCK, "lock is held", path)
         self.fd: int | None = fd
         self.size = os.fstat(fd).st_size
         fault("lock.held")
@@ -213,6 +224,14 @@ class Mutex:
             _unlock(self.fd)
             os.close(self.fd)
             self.fd = None
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def probe_lock(path: str) -> tuple[bool, str]:

@@ -1,0 +1,146 @@
+"""Recovery edge cases of the JSON store, each reached by killing a forked process at a chosen
+fault point (queuectl/core/utils/faults.py) and then recovering from another process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from queuectl.core.errors import DuplicateJobError
+from queuectl.core.job import JobState
+from queuectl.core.queue import QueueManager
+from queuectl.core.storage import get_storage
+from queuectl.core.worker import Worker
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+def _in_child(path: str, body: Callable[[QueueManager], None], fault: str | None = None) -> int:
+    """Runs `body` in a forked child on its own storage; returns the wait status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            from queuectl.core.backends import json_backend
+            from queuectl.core.utils import faults
+            json_backend.COUNT_FLUSH_INTERVAL = 3600  # results commit where the body says
+            faults.arm(fault)
+            body(QueueManager(get_storage(path)))
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]
+
+
+def _folders(path: str) -> dict[str, list[str]]:
+    """Job ids per state folder, as on disk."""
+    out: dict[str, list[str]] = {}
+    for state in JobState:
+        folder = Path(path) / state.value
+        for name in os.listdir(folder) if folder.is_dir() else ():
+            if not name.startswith("."):
+                out.setdefault(json.loads((folder / name).read_bytes())["id"], []).append(state.value)
+    return out
+
+
+def _store(tmp_path: Path, *specs: dict) -> str:
+    path = str(tmp_path / "data")
+    store = get_storage(path)
+    QueueManager(store).enqueue_many(json.dumps(s) for s in specs)
+    store.close()
+    return path
+
+
+def test_a_failed_result_committed_just_before_the_kill_is_not_run_again(tmp_path):
+    """Killed between the commit's two renames (the result in failed/, its old copy still in
+    processing/): recovery drops the copy instead of counting a death and queueing it twice."""
+    path = _store(tmp_path, {"id": "x", "command": "exit 3", "max_retries": 2})
+
+    def work(m: QueueManager) -> None:
+        Worker(m).run_once()
+        m.storage.flush()
+
+    assert os.WTERMSIG(_in_child(path, work, "rename.done:2")) == signal.SIGKILL  # 1: claim
+    store = get_storage(path)
+    try:
+        QueueManager(store).recover()
+        assert _folders(path) == {"x": ["failed"]}
+        job = store.get("x")
+        assert job.attempts == 1 and job.last_error.startswith("Exit code 3") and len(job.history) == 1
+    finally:
+        store.close()
+
+
+def test_a_job_retaken_but_not_started_keeps_its_own_error(tmp_path):
+    """The owner's note named the job from its earlier attempt; a death before the new start
+    is recorded must not be counted against it."""
+    path = _store(tmp_path, {"id": "x", "command": "echo boom >&2; exit 3", "max_retries": 2})
+
+    def work(m: QueueManager) -> None:
+        worker = Worker(m)
+        worker.run_once()
+        m.storage.flush()
+        failed = m.storage.get("x")
+        m.storage.update(failed, failed.evolve(due_at=0.0))  # due again at once
+        m.storage.claim(worker.owner, 1e12)  # taken again; then the worker dies
+
+    assert _in_child(path, work) == 0
+    store = get_storage(path)
+    try:
+        QueueManager(store).recover()
+        job = store.get("x")
+        assert job.state in (JobState.PENDING, JobState.FAILED)
+        assert job.attempts == 1 and job.last_error == "Exit code 3: boom" and len(job.history) == 1
+    finally:
+        store.close()
+
+
+def test_one_unrecoverable_file_does_not_hold_up_the_others(tmp_path):
+    path = _store(tmp_path, {"id": "good", "command": "true"}, {"id": "other", "command": "true"})
+    owner = "worker-host-1-deadbeef"
+    pending = Path(path) / "pending"
+    for name in os.listdir(pending):
+        job = json.loads((pending / name).read_bytes())
+        target = "good" if job["id"] == "good" else "mismatch"
+        os.rename(pending / name, Path(path) / "processing" / f"{owner}__{target}.json")
+    store = get_storage(path)
+    try:
+        recovered = QueueManager(store).recover()
+        assert [j.id for j in recovered] == ["good"]
+        assert os.listdir(Path(path) / "quarantine"), "the file holding another job is set aside"
+        assert not os.listdir(Path(path) / "processing")
+    finally:
+        store.close()
+
+
+def test_an_id_of_a_committed_batch_is_not_given_out_again(tmp_path):
+    """`enqueue --file` killed right after its commit point: its jobs exist (rolled forward),
+    and a new enqueue of one of their ids is refused, not stored twice."""
+    path = str(tmp_path / "data")
+    get_storage(path).close()
+    specs = [json.dumps({"id": f"b-{i}", "command": "true"}) for i in range(3)]
+    status = _in_child(path, lambda m: m.enqueue_many(specs), "rename.done:1")  # the folder's rename
+    assert os.WTERMSIG(status) == signal.SIGKILL
+    store = get_storage(path)
+    try:
+        with pytest.raises(DuplicateJobError):
+            QueueManager(store).enqueue(json.dumps({"id": "b-0", "command": "echo again"}))
+        assert _folders(path) == {f"b-{i}": ["pending"] for i in range(3)}
+    finally:
+        store.close()
+
+
+def test_an_id_of_a_batch_killed_before_its_commit_is_free_again(tmp_path):
+    path = str(tmp_path / "data")
+    get_storage(path).close()
+    specs = [json.dumps({"id": f"b-{i}", "command": "true"}) for i in range(3)]
+    status = _in_child(path, lambda m: m.enqueue_many(specs), "stage.written:2")
+    assert os.WTERMSIG(status) == signal.SIGKILL
+    store = get_storage(path)
+    try:
+        QueueManager(store).enqueue(json.dumps({"id": "b-0", "command": "echo again"}))
+        assert _folders(path) == {"b-0": ["pending"]}
+    finally:
+        store.close()
