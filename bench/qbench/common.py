@@ -67,7 +67,7 @@ def temp_dir(tag: str, defer: bool = True) -> Iterator[Path]:
     """A private scratch folder (mode 0700, as queuectl requires), removed whatever happens.
 
     Removal waits until `remove_deferred` at the end of the run: on ext4 without a journal,
-    creating a file skips every inode freed in the last 30 s, one probe each, so deleting one
+    creating a file skips every inode freed in the last minute (or six), one probe each, so deleting one
     measurement's thousands of files slowed the file creation of the next one several times
     over, which measured the benchmark's own cleanup rather than queuectl.
     """

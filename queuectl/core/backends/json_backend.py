@@ -487,8 +487,9 @@ class JsonStorage(Storage):
         """Overwrites counts.json in place, under the counts lock.
 
         Not temp file and rename: that frees an inode each time, and on ext4 without a journal
-        every file created in the next 30 s pays for each inode freed (see `_spare_file`); a few
-        workers rewriting counts 20 times a second made a bulk enqueue several times slower.
+        every file created in the next minute (or six) pays for each inode freed (see
+        `_spare_file`); a few workers rewriting counts 20 times a second made a bulk enqueue
+        several times slower.
         One write, padded with spaces over a longer previous content (JSON allows trailing
         blanks), so a process killed at any point leaves a whole document. The file is a cache: a
         reader that catches it mid-write reads again under the lock, and one torn by a power cut
@@ -676,9 +677,9 @@ class JsonStorage(Storage):
         """A temp file for the next result: a recycled one when there is one.
 
         On ext4 without a journal, allocating an inode skips every inode freed in the last
-        30 seconds, one bitmap probe each; with a worker freeing one inode per job, creating a
-        file came to cost more than running the job. Recycling means a steady drain allocates
-        and frees no inode at all.
+        60 seconds (360 while its inode table block is dirty), one lookup each; with a worker
+        freeing one inode per job, creating a file came to cost more than running the job.
+        Recycling means a steady drain allocates and frees no inode at all.
         """
         if self._spares:
             return self._spares.pop()
