@@ -20,6 +20,7 @@ Layout of the data directory (0700; every file 0600)::
     tmp/                        temp files before their rename; a worker's spare files;
                                 .batch-*[.commit] folders of an `enqueue --file`
     stop                        time of the latest `queuectl stop`
+    runnable                    touched when a job becomes runnable: workers list again
     wake                        a FIFO: an enqueue writes a byte, an idle worker wakes on it
 
 A job changes state in two steps: its new content is written in place (unique temp file, fsync,
@@ -53,6 +54,8 @@ STATE_DIRS = {s: s.value for s in JobState}
 # A worker re-reads the runnable folders at most this often while it still has candidates, so a
 # newly enqueued job of higher priority overtakes older ones within this delay.
 CANDIDATE_TTL = 0.05
+# ... and at least this often, whatever happened (jobs whose due time came).
+CANDIDATE_MAX_AGE = 1.0
 # How many of the best candidates a refresh keeps (more than a worker starts in CANDIDATE_TTL).
 CANDIDATE_BATCH = 256
 # Grace between TERM and KILL when the command of a dead worker is ended.
@@ -82,6 +85,7 @@ class JsonStorage(Storage):
         self._candidates: list[tuple[tuple[int, int, str], JobState, str, str, float]] = []
         self._candidates_at = 0.0
         self._parsed: dict[str, tuple[int, int, int, str] | None] = {}
+        self._runnable_seen: int | None = None
         self._warned: set[str] = set()
         self._wake_fd: int | None = None
         self._delta: dict[JobState, int] = {}
@@ -202,6 +206,7 @@ class JsonStorage(Storage):
                     raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
                 raise
             if job.state in RUNNABLE:
+                self._runnable_added()
                 self.notify_work()
             self._count({job.state: 1})
             return
@@ -216,6 +221,7 @@ class JsonStorage(Storage):
                 raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
             raise
         if job.state in RUNNABLE:
+            self._runnable_added()
             self.notify_work()
         self._count({job.state: 1})  # counts are stored unclamped: a claim may subtract first
         try:
@@ -279,6 +285,7 @@ class JsonStorage(Storage):
         names = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
         _in_parallel(move, names)
         _rmdir(folder)
+        self._runnable_added()
         self.notify_work(len(names))
 
     def _batch_alive(self, folder: str) -> bool:
@@ -540,7 +547,7 @@ class JsonStorage(Storage):
         if not self.exists():
             return None
         for refreshed in (False, True):
-            if refreshed or not self._candidates or time.monotonic() - self._candidates_at > CANDIDATE_TTL:
+            if refreshed or self._candidates_stale():
                 self._load_candidates(now)
             while self._candidates:
                 _key, state, name, job_id, due = self._candidates.pop(0)
@@ -562,12 +569,50 @@ class JsonStorage(Storage):
                 return None
         return None
 
+    def _candidates_stale(self) -> bool:
+        """Whether to list the runnable folders again before the next claim.
+
+        When the list runs out; when it is older than CANDIDATE_TTL and something became
+        runnable since (`_runnable_added` touches a marker file: one stat tells); and at least
+        every CANDIDATE_MAX_AGE for jobs whose due time came. Listing a backlog of thousands
+        of names every 50 ms was a tenth of a worker's time.
+        """
+        if not self._candidates:
+            return True
+        age = time.monotonic() - self._candidates_at
+        if age <= CANDIDATE_TTL:
+            return False
+        if age > CANDIDATE_MAX_AGE:
+            return True
+        try:
+            touched = os.stat(self._p("runnable")).st_mtime_ns
+        except OSError:
+            return True
+        # A touch within the clock's granularity of our listing may not change the time it shows.
+        return touched != self._runnable_seen or time.time_ns() - touched < 50_000_000
+
+    def _runnable_added(self) -> None:
+        """Tells workers that a job became runnable (see `_candidates_stale`)."""
+        try:
+            os.utime(self._p("runnable"))
+        except FileNotFoundError:
+            try:
+                os.close(os.open(self._p("runnable"), os.O_WRONLY | os.O_CREAT, fs.FILE_MODE))
+            except OSError:
+                pass
+        except OSError:
+            pass
+
     def _load_candidates(self, now: float) -> None:
         """The next jobs to try, best first: a few more than one refresh interval needs.
 
         Names are parsed once per process (a backlog is listed every CANDIDATE_TTL), and only
         the best CANDIDATE_BATCH are sorted, so a refresh costs one listing and one pass.
         """
+        try:
+            self._runnable_seen = os.stat(self._p("runnable")).st_mtime_ns  # before the listing
+        except OSError:
+            self._runnable_seen = None
         found = []
         parsed_names: dict[str, tuple[int, int, int, str] | None] = {}
         for state in RUNNABLE:
@@ -617,6 +662,8 @@ class JsonStorage(Storage):
             # No fsync of the folders: the content is durable, and if a power cut loses the
             # rename, the file is back in processing/ saying where it goes; `recover` moves it.
             _rename(src, dst)
+        if new.state in RUNNABLE:
+            self._runnable_added()
         self._count({old.state: -1, new.state: 1} if old.state is not new.state else {}, (old, new))
 
     def _read_own_writes(self) -> None:
@@ -669,6 +716,8 @@ class JsonStorage(Storage):
             # Were we killed before this, `recover` sees the result and drops src.
             self._recycle(src, old.worker_id or "")
             self._count({old.state: -1, new.state: 1}, (old, new))
+        if any(new.state in RUNNABLE for *_, new in commits):
+            self._runnable_added()
         for owner in {old.worker_id for _, _, old, _ in commits}:
             if owner and self._done_json.get(owner, "{}") != "{}":
                 self._note(owner, done_clear=True)
