@@ -27,16 +27,22 @@ def by_workers(figures: dict, pick: Callable[[dict], Any], digits: int = 1) -> t
     return cells[0], cells[1], cells[2]
 
 
+def passes_note(entry: dict) -> str:
+    """'; median of N passes' when the figure is one (see run.median_of_passes)."""
+    passes = entry.get("passes")
+    return f"; median of {len(passes)} passes" if isinstance(passes, list) and len(passes) > 1 else ""
+
+
 def raw_rows(r: dict) -> list[Row]:
     one = r.get("1", {})
     return [("raw limit: `sh -c true` spawns/s", *by_workers(r, lambda e: e["jobs_per_s"]),
-             f"{num(one.get('ms_per_spawn'), 2)} ms per spawn")]
+             f"{num(one.get('ms_per_spawn'), 2)} ms per spawn{passes_note(one)}")]
 
 
 def drain_rows(r: dict) -> list[Row]:
     first = next(iter(r.values()), {})
     return [(f"drain {num(first.get('jobs'))} `true` jobs, jobs/s", *by_workers(r, lambda e: e["jobs_per_s"]),
-             f"enqueued with {first.get('enqueued_with', '?')}"),
+             f"enqueued with {first.get('enqueued_with', '?')}{passes_note(first)}"),
             ("drain / raw limit", *by_workers(r, lambda e: e["ratio_to_raw"], 2), "same concurrency")]
 
 
