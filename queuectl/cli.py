@@ -476,7 +476,6 @@ def list_jobs(app: App, state: str | None, wide: bool, limit: int, offset: int, 
       queuectl list --wide --limit 50 --offset 50
       queuectl list --json
     """
-    from tabulate import tabulate
     total, jobs = app.manager.page(JobState(state.lower()) if state else None, limit, offset)
     if as_json:
         _emit({"total": total, "limit": limit, "offset": offset,
@@ -491,7 +490,7 @@ def list_jobs(app: App, state: str | None, wide: bool, limit: int, offset: int, 
         headers += ["Priority", "Due", "After", "Last Error"]
         for row, j in zip(rows, jobs):
             row += [j.priority, _due(j), ",".join(a[:8] for a in j.after), _cut(j.last_error or "", ERROR_WIDTH)]
-    click.echo(tabulate(rows, headers=headers))
+    click.echo(_table(rows, headers, numbers=(3, 4, 5)))
     older = max(0, total - offset - len(jobs))
     if older:
         click.echo(f"... {older} older job(s) not shown (use --limit and --offset)")
@@ -573,7 +572,6 @@ def show(app: App, job_id: str, as_json: bool) -> None:
       queuectl show 08232c92
       queuectl show job1 --json
     """
-    from tabulate import tabulate
     job = app.manager.resolve(job_id)
     data = job.public_dict()
     if as_json:
@@ -588,8 +586,8 @@ def show(app: App, job_id: str, as_json: bool) -> None:
                  _exit_text(h), "yes" if h.get("timed_out") else "", h.get("worker") or "",
                  _cut(h.get("error") or "", ERROR_WIDTH)] for h in history]
         click.echo()
-        click.echo(tabulate(rows, headers=["Attempt", "Started", "Finished", "Duration", "Exit",
-                                           "Timed Out", "Worker", "Error"]))
+        click.echo(_table(rows, ["Attempt", "Started", "Finished", "Duration", "Exit", "Timed Out",
+                              "Worker", "Error"], numbers=(0,)))
 
 
 def _secs(value: Any) -> str:
@@ -743,7 +741,6 @@ def dlq_list(app: App, as_json: bool) -> None:
       queuectl dlq list
       queuectl dlq list --json
     """
-    from tabulate import tabulate
     jobs = app.manager.list_jobs(JobState.DEAD)
     if as_json:
         _emit({"total": len(jobs), "jobs": [j.public_dict() for j in jobs]})
@@ -753,7 +750,7 @@ def dlq_list(app: App, as_json: bool) -> None:
         return
     rows = [[j.id, _cut(j.command, COMMAND_WIDTH), j.attempts, _cut(j.last_error or "", ERROR_WIDTH)]
             for j in jobs]
-    click.echo(tabulate(rows, headers=["ID", "Command", "Attempts", "Last Error"]))
+    click.echo(_table(rows, ["ID", "Command", "Attempts", "Last Error"], numbers=(2,)))
 
 
 @dlq.command("retry")
@@ -856,6 +853,17 @@ def config_get(app: App, key: str) -> None:
     """
     from .core.utils.config import normalize_key
     click.echo(Config.format(getattr(app.manager.config, normalize_key(key))))
+
+
+def _table(rows: list[list[Any]], headers: list[str], numbers: tuple[int, ...] = ()) -> str:
+    """A text table; only the columns in `numbers` are read as numbers (right-aligned).
+
+    tabulate reads any cell that parses as a number as one, so a short id like `7538e158`
+    came out as `7.538e+161` and `01234567` lost its zero; commands and errors alike.
+    """
+    from tabulate import tabulate
+    text = [i for i in range(len(headers)) if i not in numbers]
+    return tabulate(rows, headers=headers, disable_numparse=text)
 
 
 def _cut(text: str, width: int) -> str:

@@ -6,6 +6,7 @@ Happy paths run in-process through click's CliRunner; the bad-input table runs t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -210,6 +211,23 @@ def test_list_filters_by_state(data):
     pending = ok(data, "list", "--state", "PENDING").splitlines()
     assert pending[2:] == ["pend-1  echo hi    pending           0              3"]
     assert ok(data, "list", "--state", "completed") == "No completed jobs found\n"
+
+
+def test_tables_show_ids_commands_and_errors_that_look_like_numbers_as_given(data):
+    # Short ids are hex: `7538e158` reads as a float and `01234567` as an int with its zero lost;
+    # about one uuid in sixty starts like that, and a column of such cells alone was reformatted.
+    dead = "12345678-1234-4234-8234-123456789abc"
+    bury(data, json.dumps({"id": dead, "command": "1e3"}), error="1e9")
+    ok(data, "enqueue", '{"id":"7538e158-ab69-4d67-89b0-2b940e4353f6","command":"1e5"}')
+    ok(data, "enqueue", '{"id":"01234567-0000-4000-8000-000000000000","command":"007"}')
+    for args in (("list",), ("list", "--state", "pending"), ("list", "--wide")):
+        rows = [r for r in ok(data, *args).splitlines()[2:] if "pending" in r]
+        assert rows[0].startswith("7538e158  1e5        pending"), rows
+        assert rows[1].startswith("01234567  007        pending"), rows
+    assert "12345678  1e3        dead" in ok(data, "list", "--state", "dead")
+    row = ok(data, "dlq", "list").splitlines()[2]
+    assert re.fullmatch(dead + r"  1e3\s+1  1e9", row), row
+    assert re.search(r"^\s*1  .*  1e9$", ok(data, "show", dead), re.M)
 
 
 def test_list_on_an_empty_store(data):
