@@ -17,14 +17,40 @@ from queuectl.core.storage import get_storage
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["memory", "json", "redis"])
-def storage(request, tmp_path):
+# Modules whose `storage` tests also run on the JSON store with the Linux-only fast paths off.
+FALLBACK_MODULES = {"test_storage_contract", "test_queue", "test_worker"}
+
+
+def pytest_generate_tests(metafunc):
+    if "storage" in metafunc.fixturenames:
+        kinds = ["memory", "json", "redis"]
+        if metafunc.module.__name__.rpartition(".")[2] in FALLBACK_MODULES:
+            kinds.append("json-fallbacks")
+        metafunc.parametrize("storage", kinds, indirect=True)
+
+
+def without_linux_fast_paths(monkeypatch) -> None:
+    """What a platform without syncfs, pidfd, FIFOs or select() on pipes gets (Windows, say):
+    CI runs on Linux, so the fallbacks run here with the fast paths switched off."""
+    from queuectl.core import worker
+    from queuectl.core.utils import fs
+
+    monkeypatch.setattr(fs, "_SYNCFS", [None])
+    monkeypatch.delattr(os, "pidfd_open", raising=False)
+    monkeypatch.delattr(os, "mkfifo", raising=False)
+    monkeypatch.setattr(worker, "SELECTABLE_PIPES", False)
+
+
+@pytest.fixture
+def storage(request, tmp_path, monkeypatch):
     """Every storage backend in turn; the contract suite runs against each."""
     if request.param == "memory":
         store = get_storage(f"memory://{uuid.uuid4().hex}")
     elif request.param == "redis":  # a fresh key prefix per test on the session's server
         store = get_storage(request.getfixturevalue("redis_server").url(prefix=f"t-{uuid.uuid4().hex[:12]}"))
     else:
+        if request.param == "json-fallbacks":
+            without_linux_fast_paths(monkeypatch)
         store = get_storage(str(tmp_path / "data"))
     yield store
     store.close()

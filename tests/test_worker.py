@@ -186,3 +186,11 @@ def test_many_results_of_a_killed_worker_are_all_committed_by_recovery(tmp_path)
         assert sorted(marker.read_text().split()) == [f"j{i:02d}" for i in range(30)]  # none ran twice
     finally:
         store.close()
+
+
+def test_output_lands_in_the_attempts_files(worker, manager):
+    job = manager.enqueue("echo out; echo err >&2; echo more")
+    assert worker.run_once() is True
+    out, err = manager.storage.output_paths(job.id, 1)
+    with open(out) as o, open(err) as e:
+        assert (o.read(), e.read()) == ("out\nmore\n", "err\n")
