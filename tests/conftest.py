@@ -33,12 +33,13 @@ def without_linux_fast_paths(monkeypatch) -> None:
     """What a platform without syncfs, pidfd, FIFOs or select() on pipes gets (Windows, say):
     CI runs on Linux, so the fallbacks run here with the fast paths switched off."""
     from queuectl.core import worker
-    from queuectl.core.utils import fs
+    from queuectl.core.utils import fs, proc
 
     monkeypatch.setattr(fs, "_SYNCFS", [None])
     monkeypatch.delattr(os, "pidfd_open", raising=False)
     monkeypatch.delattr(os, "mkfifo", raising=False)
     monkeypatch.setattr(worker, "SELECTABLE_PIPES", False)
+    monkeypatch.setattr(proc, "POSIX_SPAWN", False)
 
 
 @pytest.fixture

@@ -131,3 +131,13 @@ def test_retries_with_backoff_then_dlq_then_retry(proc):
     assert 1 <= gaps[0] <= 3 and 2 <= gaps[1] <= 4, gaps  # 1.5s, then 2.25s
     assert job in proc("dlq", "list").stdout
     assert f"Job {job} moved from DLQ to pending queue" in proc("dlq", "retry", job[:8]).stdout
+
+
+def test_a_pools_commands_get_only_the_standard_descriptors(proc):
+    """multiprocessing hands each worker process descriptors of its own; commands get 0, 1, 2."""
+    job = proc.enqueue("ls /proc/$$/fd")  # a redirection here would show the shell's own fd 10
+    proc("start", "--count", "1", "--timeout", "2")
+    storage = proc.manager().storage
+    assert storage.get(job).state.value == "completed"
+    with open(storage.output_paths(job, 1)[0]) as listing:
+        assert listing.read().split() == ["0", "1", "2"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 
@@ -194,3 +195,41 @@ def test_output_lands_in_the_attempts_files(worker, manager):
     out, err = manager.storage.output_paths(job.id, 1)
     with open(out) as o, open(err) as e:
         assert (o.read(), e.read()) == ("out\nmore\n", "err\n")
+
+
+def test_a_command_gets_only_the_standard_descriptors_and_the_environment(worker, manager, monkeypatch):
+    """What Popen's close_fds gives: a descriptor the worker process was started with (as
+    multiprocessing hands its workers some) does not leak into commands."""
+    from queuectl.core.utils import proc
+
+    monkeypatch.setenv("QUEUECTL_TEST_VALUE", "seen")
+    leaky = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaky, True)
+    monkeypatch.setattr(proc, "_spawn_state", {})  # as in a new process: its first command looks
+    try:
+        job = manager.enqueue('ls /proc/$$/fd; echo "$QUEUECTL_TEST_VALUE"; test -t 0 || cat')
+        assert worker.run_once() is True
+    finally:
+        os.close(leaky)
+    done = manager.storage.get(job.id)
+    assert done.state is JobState.COMPLETED
+    with open(manager.storage.output_paths(job.id, 1)[0]) as out:
+        lines = out.read().split()
+    assert lines == ["0", "1", "2", "seen"]  # stdin is empty: `cat` printed nothing
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+def test_a_command_starts_with_default_signal_handling(worker, manager):
+    """Workers ignore SIGINT (Ctrl+C is their parent's to handle); their commands must not."""
+    from queuectl.core.utils import proc
+
+    if not proc.POSIX_SPAWN:
+        pytest.skip("Popen's fallback restores only SIGPIPE and SIGXFSZ")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        job = manager.enqueue("kill -INT $$; sleep 1; echo survived", max_retries=0)
+        assert worker.run_once() is True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    dead = manager.storage.get(job.id)
+    assert dead.state is JobState.DEAD and dead.last_error.startswith("Killed by signal 2")

@@ -215,6 +215,12 @@ class Worker:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT,
                         stream=sys.stderr, force=True)
+    # Workers log two lines a job and LOG_FORMAT shows none of these: the logging HOWTO's
+    # "Optimization" switches, which take a third off each line.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # type: ignore[attr-defined]  # no caller lookup per line
 
 
 def _worker_main(settings: WorkerSettings, stop: Any, force: Any) -> None:

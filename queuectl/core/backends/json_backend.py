@@ -32,11 +32,13 @@ queue's rules. Claiming reads only file names, so its cost does not grow with hi
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import os
 import stat
 import time
 import uuid
+from json.encoder import encode_basestring_ascii as _encode_str  # type: ignore[attr-defined]
 from typing import Any, Callable, Iterator
 
 from .. import metrics
@@ -77,6 +79,7 @@ NOTE_DONE_MAX = 3000
 class JsonStorage(Storage):
     def __init__(self, path: str):
         self.root = os.path.abspath(path)
+        self._prefix = os.path.join(self.root, "")
         self.display = path
         self._ready = False
         self._owners: dict[str, fs.HeldLock] = {}
@@ -98,21 +101,27 @@ class JsonStorage(Storage):
         self._gen: int | None = None  # counts.json generation when this buffer began
         self._notes: dict[str, dict[str, Any]] = {}
         self._done_json: dict[str, str] = {}  # per owner, see `_note`
+        self._stale_notes: set[str] = set()  # owners whose written note names an ended command
 
     # -- paths ---------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
-        return os.path.join(self.root, *parts)
+        # Concatenation: a worker builds a dozen paths a job, and os.path.join costs twice this.
+        return self._prefix + os.sep.join(parts)
 
     @staticmethod
     def _runnable_name(job: Job) -> str:
         return f"{job.priority}_{int(job.due_at * 1000)}_{job.seq}_{job.id}.json"
 
-    def _path(self, job: Job) -> str:
+    def _name(self, job: Job) -> str:
+        """The job's file name in its state's folder."""
         if job.state is JobState.PROCESSING:
-            return self._p("processing", f"{job.worker_id}__{job.id}.json")
+            return f"{job.worker_id}__{job.id}.json"
         if job.state in RUNNABLE:
-            return self._p(job.state.value, self._runnable_name(job))
-        return self._p(job.state.value, f"{job.seq}_{job.id}.json")
+            return self._runnable_name(job)
+        return f"{job.seq}_{job.id}.json"
+
+    def _path(self, job: Job) -> str:
+        return self._p(job.state.value, self._name(job))
 
     # -- store ---------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -544,10 +553,12 @@ class JsonStorage(Storage):
 
     # -- claim and update ------------------------------------------------------------------
     def claim(self, owner: str, now: float) -> Job | None:
-        if not self.exists():
-            return None
+        if owner in self._stale_notes:
+            self._note(owner)  # recovery must not end a process group that may be reused by now
         for refreshed in (False, True):
             if refreshed or self._candidates_stale():
+                if not self.exists():
+                    return None
                 self._load_candidates(now)
             while self._candidates:
                 _key, state, name, job_id, due = self._candidates.pop(0)
@@ -688,8 +699,8 @@ class JsonStorage(Storage):
         # and where it goes (a result already there means only the old copy was left). The note
         # no longer names the job as running: its attempt is over.
         owner = old.worker_id or ""
-        self._note(owner, done_add=(old.id, [old.attempts, os.path.basename(tmp), old.started_at,
-                                             os.path.basename(self._path(new))]), job=None)
+        self._note(owner, done_add=(old.id, [old.attempts, tmp.rpartition(os.sep)[2], old.started_at,
+                                             self._name(new)]), job=None)
         if time.monotonic() - self._flushed_at >= COUNT_FLUSH_INTERVAL or \
                 len(self._done_json.get(owner, "")) > NOTE_DONE_MAX:
             self.flush()
@@ -732,7 +743,7 @@ class JsonStorage(Storage):
         """
         if self._spares:
             return self._spares.pop()
-        return self._p("tmp", f".{owner}.{uuid.uuid4().hex[:12]}.spare")
+        return self._p("tmp", f".{owner}.{_spare_tag()}.spare")
 
     def _recycle(self, src: str, owner: str) -> None:
         """Keeps a finished job's old file as a spare instead of freeing its inode.
@@ -743,7 +754,7 @@ class JsonStorage(Storage):
         if len(self._spares) + len(self._cooling) >= MAX_SPARES or not owner:
             _unlink(src)
             return
-        spare = self._p("tmp", f".{owner}.{uuid.uuid4().hex[:12]}.spare")
+        spare = self._p("tmp", f".{owner}.{_spare_tag()}.spare")
         try:
             _rename(src, spare)
         except OSError:
@@ -984,6 +995,7 @@ class JsonStorage(Storage):
     def unregister_owner(self, owner: str) -> None:
         lock = self._owners.pop(owner, None)
         self._notes.pop(owner, None)
+        self._stale_notes.discard(owner)
         self._done_json.pop(owner, None)
         if lock is not None:
             # a lock file that still explains a job in processing/ stays for `recover` to read
@@ -991,7 +1003,14 @@ class JsonStorage(Storage):
             lock.release(remove=not holds_jobs)
 
     def note_running(self, owner: str, pgid: int | None) -> None:
-        self._note(owner, pgid=pgid or 0)
+        if pgid:
+            self._note(owner, pgid=pgid)
+            return
+        # The command has ended. Its result, recorded next, rewrites the note without the group
+        # (one write a job fewer); should it not come, the next claim writes the note first.
+        note = self._notes.get(owner)
+        if note and note.pop("pgid", None) is not None:
+            self._stale_notes.add(owner)
 
     def _note(self, owner: str, done_add: tuple[str, list[Any]] | None = None, done_clear: bool = False,
               **fields: Any) -> None:
@@ -1013,11 +1032,12 @@ class JsonStorage(Storage):
         if done_clear:
             done = "{}"
         if done_add is not None:
-            entry = f"{json.dumps(done_add[0])}: {json.dumps(done_add[1])}"
+            entry = f"{_json_value(done_add[0])}: [{', '.join(map(_json_value, done_add[1]))}]"
             done = "{" + entry + "}" if done == "{}" else done[:-1] + ", " + entry + "}"
         self._done_json[owner] = done
-        head = json.dumps(note)
-        lock.note(head[:-1] + (", " if note else "") + '"done": ' + done + "}")
+        self._stale_notes.discard(owner)
+        head = "".join([f'"{k}": {_json_value(v)}, ' for k, v in note.items()])  # keys are ours: plain
+        lock.note("{" + head + '"done": ' + done + "}")
 
     def register_manager(self, info: ManagerInfo) -> None:
         self._ensure()
@@ -1221,6 +1241,16 @@ class JsonStorage(Storage):
             log.warning("Cannot read %s: %s", path, why)
 
 
+def _json_value(value: Any) -> str:
+    """JSON for one value of a lock note; a note is written three times a job, and json.dumps
+    of the whole cost more than the write."""
+    if type(value) is str:
+        return _encode_str(value)
+    if type(value) is int:
+        return str(value)
+    return json.dumps(value)
+
+
 def check_private(path: str) -> None:
     """Refuses a data directory that another user owns or anyone may write to."""
     st = os.stat(path)
@@ -1304,6 +1334,14 @@ def _in_parallel(step: Callable[[Any], None], items: list[Any]) -> None:
     helper.join()
     if errors:
         raise errors[0]
+
+
+_spare_count = itertools.count(1)
+
+
+def _spare_tag() -> str:
+    """Unique among one owner's files: owners are per process, and so is this count."""
+    return f"{os.getpid():x}-{next(_spare_count):x}"
 
 
 def _rename(src: str, dst: str) -> None:
