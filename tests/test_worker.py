@@ -233,3 +233,32 @@ def test_a_command_starts_with_default_signal_handling(worker, manager):
         signal.signal(signal.SIGINT, previous)
     dead = manager.storage.get(job.id)
     assert dead.state is JobState.DEAD and dead.last_error.startswith("Killed by signal 2")
+
+
+def test_job_lines_are_printed_as_logging_prints_them(monkeypatch):
+    import io
+    import logging
+    import re
+    import sys
+
+    from queuectl.core import worker as worker_module
+
+    saved = logging.root.handlers[:]
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    try:
+        worker_module.setup_logging("INFO")
+        worker_module.log.info("Job %s completed in %.2fs", "abc", 0.5)
+        with monkeypatch.context() as m:  # the direct path: logging is not called
+            m.setattr(worker_module.log, "info", lambda *a: pytest.fail("went through logging"))
+            worker_module.job_line("Job %s completed in %.2fs", "abc", 0.5)
+        logging.root.addHandler(logging.NullHandler())  # another handler: through logging
+        worker_module.job_line("Job %s started", "def")
+    finally:
+        logging.root.handlers[:] = saved
+        worker_module._direct.clear()
+    lines = stream.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert len(lines) == 3 and all(re.match(stamp + " - queuectl.core.worker - INFO - Job ", x) for x in lines)
+    assert lines[0][23:] == lines[1][23:] == " - queuectl.core.worker - INFO - Job abc completed in 0.50s"
+    assert lines[2].endswith("INFO - Job def started")

@@ -96,7 +96,7 @@ class Worker:
         job = self.manager.claim(self.owner, self._wait_for_start_slot)
         if job is None:
             return False
-        log.info("Job %s started on %s (attempt %d of %d): %s", job.id, self.name, job.attempts,
+        job_line("Job %s started on %s (attempt %d of %d): %s", job.id, self.name, job.attempts,
                  job.max_retries + 1, job.command)
         outcome = self.execute(job)
         if outcome is None:
@@ -109,7 +109,7 @@ class Worker:
             log.error("Job %s: result not recorded: %s", job.id, e)
             return True
         if outcome.ok:
-            log.info("Job %s completed in %.2fs", job.id, outcome.finished - outcome.started)
+            job_line("Job %s completed in %.2fs", job.id, outcome.finished - outcome.started)
         elif outcome.cancelled:
             log.warning("Job %s cancelled; moved to the DLQ", job.id)
         elif done.state.value == "dead":
@@ -212,6 +212,31 @@ class Worker:
                 os.close(pidfd)
 
 
+_direct: list[logging.Handler] = []  # the handler `setup_logging` made
+
+
+def job_line(msg: str, *args: Any) -> None:
+    """An info line about a job, as `log.info` prints it.
+
+    A worker prints two a job, and through logging a line cost 25 us in its loop (a record of
+    twenty fields, filters, handler locks, the formatter's lookups), a twentieth of a job's
+    bookkeeping. While the root logger has only the handler `setup_logging` made, the line is
+    formatted as LOG_FORMAT would and written to that handler's stream; otherwise it goes
+    through logging.
+    """
+    if not _direct or logging.root.handlers != _direct or not log.isEnabledFor(logging.INFO):
+        log.info(msg, *args)
+        return
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    try:
+        stream = _direct[0].stream  # type: ignore[attr-defined]
+        stream.write(f"{stamp},{int((now - int(now)) * 1000):03d} - {log.name} - INFO - {msg % args}\n")
+        stream.flush()
+    except (OSError, ValueError):  # a closed or broken stderr: logging would drop the line too
+        pass
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT,
                         stream=sys.stderr, force=True)
@@ -221,6 +246,7 @@ def setup_logging(level: str) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # type: ignore[attr-defined]  # no caller lookup per line
+    _direct[:] = logging.root.handlers
 
 
 def _worker_main(settings: WorkerSettings, stop: Any, force: Any) -> None:

@@ -698,9 +698,17 @@ class JsonStorage(Storage):
         # For `recover`, until it commits: the attempt, where its result is, when it started,
         # and where it goes (a result already there means only the old copy was left). The note
         # no longer names the job as running: its attempt is over.
+        # Kept short, so more results fit the note's page and a batch can wait for
+        # COUNT_FLUSH_INTERVAL rather than NOTE_DONE_MAX: the spare's tag, not its name; the
+        # destination only where it cannot be derived (completed and dead ones go by seq).
         owner = old.worker_id or ""
-        self._note(owner, done_add=(old.id, [old.attempts, tmp.rpartition(os.sep)[2], old.started_at,
-                                             self._name(new)]), job=None)
+        name = tmp.rpartition(os.sep)[2]
+        prefix = f".{owner}."
+        tag = name[len(prefix):-len(".spare")] if name.startswith(prefix) and name.endswith(".spare") else name
+        entry = [old.attempts, tag, old.started_at]
+        if new.state in RUNNABLE:
+            entry.append(self._name(new))
+        self._note(owner, done_add=(old.id, entry), job=None)
         if time.monotonic() - self._flushed_at >= COUNT_FLUSH_INTERVAL or \
                 len(self._done_json.get(owner, "")) > NOTE_DONE_MAX:
             self.flush()
@@ -870,6 +878,7 @@ class JsonStorage(Storage):
         # finished (until the next claim), and that job must not run again.
         if job.id in done and written_state is not JobState.PROCESSING:
             attempt, tmp_name, started, dest = (list(done[job.id]) + [None] * 4)[:4]
+            tmp_name = _spare_name(owner, str(tmp_name))
             if dest and os.sep not in str(dest) and self._committed_at(str(dest)):
                 _unlink(path)  # the result was committed; the worker died before moving this copy
                 return None
@@ -1239,6 +1248,11 @@ class JsonStorage(Storage):
             log.warning("Set aside %s: %s (moved to %s)", path, why, dest)
         except OSError:
             log.warning("Cannot read %s: %s", path, why)
+
+
+def _spare_name(owner: str, tag: str) -> str:
+    """A spare file's name from the tag a note keeps (older notes kept the whole name)."""
+    return tag if tag.startswith(".") else f".{owner}.{tag}.spare"
 
 
 def _json_value(value: Any) -> str:
