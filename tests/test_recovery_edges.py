@@ -144,3 +144,31 @@ def test_an_id_of_a_batch_killed_before_its_commit_is_free_again(tmp_path):
         assert _folders(path) == {"b-0": ["pending"]}
     finally:
         store.close()
+
+
+def test_notes_in_the_older_long_form_are_still_recovered(tmp_path):
+    """Before notes were shortened, a result's entry named its spare file in full and always
+    gave its destination; a store left by a worker of that version recovers the same way."""
+    marker = tmp_path / "marker"
+    path = _store(tmp_path, *({"id": f"j{i}", "command": f"echo j{i} >> {marker}"} for i in range(3)))
+
+    def work(manager: QueueManager) -> None:
+        worker = Worker(manager, "worker-1")
+        for _ in range(3):
+            worker.run_once()  # results written, none committed: then the process ends unregistered
+
+    assert _in_child(path, work) == 0
+    [lock] = (Path(path) / "owners").glob("*.lock")
+    owner = lock.name[:-len(".lock")]
+    note = json.loads(lock.read_text())
+    assert sorted(note["done"]) == ["j0", "j1", "j2"]
+    for job_id, entry in note["done"].items():
+        spare = Path(path) / "tmp" / f".{owner}.{entry[1]}.spare"
+        assert spare.exists()
+        seq = json.loads(spare.read_bytes())["seq"]
+        note["done"][job_id] = [entry[0], spare.name, entry[2], f"{seq}_{job_id}.json"]
+    lock.write_text(json.dumps(note))
+
+    QueueManager(get_storage(path)).recover()
+    assert _folders(path) == {f"j{i}": ["completed"] for i in range(3)}
+    assert sorted(marker.read_text().split()) == ["j0", "j1", "j2"]  # none ran twice
