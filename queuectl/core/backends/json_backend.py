@@ -69,8 +69,10 @@ PARALLEL_MIN = 200
 # A temp file this old belongs to a writer that died; younger ones may still be renamed.
 TEMP_MAX_AGE = 60.0
 # A worker recycles the files of the jobs it finished as the files of its next results (see
-# `_spare_file`); it keeps at most this many.
-MAX_SPARES = 32
+# `_spare_file`); it keeps at most this many. A batch's files cool until the next batch is
+# synced, so this must exceed two batches (about 35 results each, see NOTE_DONE_MAX): at 32 a
+# drain freed and created a file for every other job.
+MAX_SPARES = 128
 # A worker commits its batch early rather than let its note's list of uncommitted results pass
 # this size: a note within one page is written whole even by a process killed mid-write.
 NOTE_DONE_MAX = 3000
