@@ -262,3 +262,27 @@ def test_job_lines_are_printed_as_logging_prints_them(monkeypatch):
     assert len(lines) == 3 and all(re.match(stamp + " - queuectl.core.worker - INFO - Job ", x) for x in lines)
     assert lines[0][23:] == lines[1][23:] == " - queuectl.core.worker - INFO - Job abc completed in 0.50s"
     assert lines[2].endswith("INFO - Job def started")
+
+
+def test_a_steady_drain_reuses_its_files_instead_of_freeing_them(tmp_path, monkeypatch):
+    """Freed inodes slow every later file creation on ext4 without a journal; a worker keeps
+    its finished jobs' files as spares for its next results, even with full batches."""
+    from queuectl.core.backends import json_backend
+    from queuectl.core.storage import get_storage
+
+    monkeypatch.setattr(json_backend, "COUNT_FLUSH_INTERVAL", 3600)  # batches as big as a note allows
+    freed = []
+    monkeypatch.setattr(json_backend, "_unlink", lambda path: freed.append(path))
+    store = get_storage(str(tmp_path / "data"))
+    manager = QueueManager(store)
+    manager.enqueue_many(json.dumps({"command": "true"}) for _ in range(200))
+    worker = Worker(manager, "worker-1")
+    try:
+        while worker.run_once():
+            pass
+        store.flush()
+        assert manager.counts()[JobState.COMPLETED] == 200
+        assert freed == []
+    finally:
+        worker.unregister()
+        store.close()
