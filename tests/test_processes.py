@@ -141,3 +141,28 @@ def test_a_pools_commands_get_only_the_standard_descriptors(proc):
     assert storage.get(job).state.value == "completed"
     with open(storage.output_paths(job, 1)[0]) as listing:
         assert listing.read().split() == ["0", "1", "2"]
+
+
+def test_workers_of_a_sigkilled_start_stop_after_their_job(proc, tmp_path):
+    """Only the `start` process is killed: its workers notice, finish the job they run and exit."""
+    began = tmp_path / "began"
+    job = proc.enqueue(f"touch {began}; sleep 1")
+    waiting = proc.enqueue("true")
+    starter = proc.popen("start", "--count", "1")
+    assert wait_for(began.exists, timeout=20)
+    [worker] = workers_of(starter.pid)
+    os.kill(starter.pid, signal.SIGKILL)
+    starter.wait()
+    assert wait_for(lambda: not _running(worker), timeout=10), "the orphan kept working"
+    storage = proc.manager().storage
+    assert storage.get(job).state.value == "completed"
+    assert storage.get(waiting).state.value == "pending"  # it stopped before taking another job
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may be slow, or absent in a container)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -258,12 +258,25 @@ def _worker_main(settings: WorkerSettings, stop: Any, force: Any) -> None:
     parent = multiprocessing.parent_process()
     worker = Worker(QueueManager(storage, settings.storage_path), settings.name, stop, force)
     try:
-        worker.run(parent_alive=(parent.is_alive if parent is not None else None))
+        worker.run(parent_alive=_parent_check(parent))
     except QueuectlError as e:
         log.error("Worker %s: %s", settings.name, e)
         sys.exit(1)
     finally:
         storage.close()
+
+
+def _parent_check(parent: Any) -> Any:
+    """What tells a worker that its `start` process is gone, asked before every job.
+
+    multiprocessing's is_alive polls a sentinel through a new selector each time; on POSIX a
+    process whose parent died has a new parent, which getppid tells for the cost of a syscall.
+    """
+    if parent is None:
+        return None
+    if os.name == "posix":
+        return lambda: os.getppid() == parent.pid
+    return parent.is_alive
 
 
 class WorkerPool:
