@@ -51,3 +51,19 @@ def test_spec_rejects_bad_input(text):
 def test_ids_that_could_escape_a_folder_are_refused(job_id):
     with pytest.raises(ValidationError):
         validate_id(job_id)
+
+
+def test_now_iso_formats_as_datetime_does_at_the_edges():
+    from datetime import datetime, timezone
+
+    from queuectl.core.job import now_iso
+
+    def reference(ts: float) -> str:
+        dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+    edges = [0.0, 1.9999996, 1.9994996, 1796063265.001, 1796063264.9999999, 1796063264.0005,
+             2**31 + 0.5, 32503679999.999, 32503680000.25]
+    for ts in edges:
+        assert now_iso(ts) == reference(ts), ts
+    assert now_iso(1796063264.0339) == "2026-11-30T18:27:44.033Z"
