@@ -286,3 +286,24 @@ def test_a_steady_drain_reuses_its_files_instead_of_freeing_them(tmp_path, monke
     finally:
         worker.unregister()
         store.close()
+
+
+def test_a_big_backlog_is_listed_once_per_many_claims(tmp_path, monkeypatch):
+    """Each refresh of the candidates lists the whole backlog; a worker that kept only the best
+    256 of 100,000 spent a millisecond a job listing. It keeps an eighth of the backlog."""
+    from queuectl.core.backends import json_backend
+    from queuectl.core.storage import get_storage
+
+    store = get_storage(str(tmp_path / "data"))
+    QueueManager(store).enqueue_many(json.dumps({"command": "true"}) for _ in range(6000))
+    listings = []
+    names = store._names
+    monkeypatch.setattr(store, "_names", lambda sub: listings.append(sub) or names(sub))
+    store.register_owner("w1")
+    try:
+        for _ in range(700):
+            assert store.claim("w1", time.time()) is not None
+    finally:
+        store.close()
+    assert listings.count("pending") == 1  # 750 kept; 256 would have meant three listings
+    assert json_backend.CANDIDATE_BATCH < 700

@@ -60,6 +60,13 @@ CANDIDATE_TTL = 0.05
 CANDIDATE_MAX_AGE = 1.0
 # How many of the best candidates a refresh keeps (more than a worker starts in CANDIDATE_TTL).
 CANDIDATE_BATCH = 256
+# A refresh lists the runnable folders: a tenth of a second for a backlog of 100,000 jobs. So a
+# worker keeps an eighth of the backlog as candidates (up to this many), re-lists at most once
+# per LISTING_SHARE times its last listing took, and parses names once only up to
+# PARSE_CACHE_MAX of them (a million parsed names would be 250 MB a worker).
+CANDIDATE_BATCH_MAX = 20_000
+LISTING_SHARE = 10
+PARSE_CACHE_MAX = 200_000
 # Grace between TERM and KILL when the command of a dead worker is ended.
 ORPHAN_KILL_GRACE = 1.0
 # Longest a worker keeps count and metric changes before writing them (status lags this much).
@@ -89,6 +96,7 @@ class JsonStorage(Storage):
         self._cli_owner: str | None = None
         self._candidates: list[tuple[tuple[int, int, str], JobState, str, str, float]] = []
         self._candidates_at = 0.0
+        self._listing_seconds = 0.0
         self._parsed: dict[str, tuple[int, int, int, str] | None] = {}
         self._runnable_seen: int | None = None
         self._warned: set[str] = set()
@@ -563,7 +571,7 @@ class JsonStorage(Storage):
                     return None
                 self._load_candidates(now)
             while self._candidates:
-                _key, state, name, job_id, due = self._candidates.pop(0)
+                _key, state, name, job_id, due = self._candidates.pop()  # kept worst first
                 if due > now:
                     continue
                 src = self._p(state.value, name)
@@ -593,9 +601,10 @@ class JsonStorage(Storage):
         if not self._candidates:
             return True
         age = time.monotonic() - self._candidates_at
-        if age <= CANDIDATE_TTL:
+        pace = LISTING_SHARE * self._listing_seconds
+        if age <= max(CANDIDATE_TTL, pace):
             return False
-        if age > CANDIDATE_MAX_AGE:
+        if age > max(CANDIDATE_MAX_AGE, pace):
             return True
         try:
             touched = os.stat(self._p("runnable")).st_mtime_ns
@@ -620,8 +629,9 @@ class JsonStorage(Storage):
         """The next jobs to try, best first: a few more than one refresh interval needs.
 
         Names are parsed once per process (a backlog is listed every CANDIDATE_TTL), and only
-        the best CANDIDATE_BATCH are sorted, so a refresh costs one listing and one pass.
+        the best few are sorted, so a refresh costs one listing and one pass.
         """
+        began = time.monotonic()
         try:
             self._runnable_seen = os.stat(self._p("runnable")).st_mtime_ns  # before the listing
         except OSError:
@@ -641,9 +651,11 @@ class JsonStorage(Storage):
                 if due_ms > (now + 1) * 1000:
                     continue
                 found.append(((-prio, seq, job_id), state, name, job_id, due_ms / 1000))
-        self._parsed = parsed_names
-        self._candidates = heapq.nsmallest(CANDIDATE_BATCH, found)
+        self._parsed = parsed_names if len(parsed_names) <= PARSE_CACHE_MAX else {}
+        keep = max(CANDIDATE_BATCH, min(len(found) // 8, CANDIDATE_BATCH_MAX))
+        self._candidates = heapq.nsmallest(keep, found)[::-1]
         self._candidates_at = time.monotonic()
+        self._listing_seconds = self._candidates_at - began
 
     def update(self, old: Job, new: Job) -> None:
         if old.id != new.id:
