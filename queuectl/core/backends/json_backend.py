@@ -1167,6 +1167,9 @@ class JsonStorage(Storage):
         self._ensure()
         interval = 1.0 / rate
         with self._lock("rate"):
+            # The caller's clock reading may predate a wait for this lock (workers starting
+            # together queue here): a slot from it would start the next job early.
+            now = max(now, time.time())
             try:
                 allowed = float(fs.read_file(self._p("rate")))
             except (OSError, ValueError):
