@@ -311,3 +311,25 @@ def test_outcome_cancelled_is_final_even_with_retries_left(manager):
     done = manager.finish(claimed, Outcome(exit_code=-15, error="Cancelled", cancelled=True,
                                            started=time.time(), finished=time.time()))
     assert done.state is JobState.DEAD and manager.storage.get(job.id).last_error == "Cancelled"
+
+
+def test_a_start_slot_dates_from_when_the_rate_lock_was_taken(tmp_path):
+    """Workers starting together queue for the rate lock; a slot reckoned from a clock read
+    before that wait would let the next job start early."""
+    from queuectl.core.storage import get_storage
+
+    store = get_storage(str(tmp_path / "data"))
+    try:
+        assert store.take_start_slot(5) == 0
+        time.sleep(0.25)  # that slot's interval is over
+        taken = []
+        with store._lock("rate"):  # another worker holds the lock for a while
+            waiter = threading.Thread(target=lambda: taken.append(store.take_start_slot(5)))
+            waiter.start()
+            time.sleep(0.3)
+            released = time.time()
+        waiter.join(5)
+        assert taken == [0.0]
+        assert store.take_start_slot(5, released) >= 0.19  # a whole interval after the release
+    finally:
+        store.close()

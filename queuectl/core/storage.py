@@ -210,11 +210,12 @@ class Storage(ABC):
         """Forgets a cancel request; a no-op if there is none."""
 
     @abstractmethod
-    def take_start_slot(self, rate: float, now: float) -> float:
+    def take_start_slot(self, rate: float, now: float | None = None) -> float:
         """Rate limit shared by every worker of the store: `rate` job starts per second.
 
         Returns 0.0 when a job may start now (and the slot is taken), otherwise the seconds to
-        wait before asking again.
+        wait before asking again. `now` None means the time the slot is taken (after any wait
+        for other workers): a time read before that wait would let the next job start early.
         """
 
     @abstractmethod

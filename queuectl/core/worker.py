@@ -124,7 +124,7 @@ class Worker:
         """Honours `rate_limit`, shared by every worker of the store."""
         rate = self.manager.config.rate_limit
         while rate and not self.force_event.is_set():
-            wait = self.storage.take_start_slot(rate, time.time())
+            wait = self.storage.take_start_slot(rate)
             if wait <= 0:
                 return
             time.sleep(min(wait, 1.0))

@@ -1160,16 +1160,15 @@ class JsonStorage(Storage):
     def clear_cancel(self, job_id: str) -> None:
         _unlink(self._p("cancel", job_id))
 
-    def take_start_slot(self, rate: float, now: float) -> float:
+    def take_start_slot(self, rate: float, now: float | None = None) -> float:
         """GCRA: the file holds the earliest time the next start is allowed."""
         if rate <= 0:
             return 0.0
         self._ensure()
         interval = 1.0 / rate
         with self._lock("rate"):
-            # The caller's clock reading may predate a wait for this lock (workers starting
-            # together queue here): a slot from it would start the next job early.
-            now = max(now, time.time())
+            if now is None:
+                now = time.time()  # after the wait for the lock: workers starting together queue here
             try:
                 allowed = float(fs.read_file(self._p("rate")))
             except (OSError, ValueError):

@@ -164,10 +164,12 @@ class MemoryStorage(Storage):
     def clear_cancel(self, job_id: str) -> None:
         self._cancels.discard(job_id)
 
-    def take_start_slot(self, rate: float, now: float) -> float:
+    def take_start_slot(self, rate: float, now: float | None = None) -> float:
         if rate <= 0:
             return 0.0
         with self._lock:
+            if now is None:
+                now = time.time()
             if self._next_start > now:
                 return self._next_start - now
             self._next_start = max(self._next_start, now) + 1 / rate

@@ -964,10 +964,12 @@ class RedisStorage(Storage):
     def clear_cancel(self, job_id: str) -> None:
         self._call(lambda _r: self._r.srem(self._key("cancels"), job_id))
 
-    def take_start_slot(self, rate: float, now: float) -> float:
+    def take_start_slot(self, rate: float, now: float | None = None) -> float:
         """Shared GCRA in one script. During an outage a job may start (0.0): better than none."""
         if rate <= 0:
             return 0.0
+        if now is None:
+            now = time.time()  # the script runs as it arrives: no wait between this and the slot
         args = [self._p, _num(now), _num(1.0 / rate)]
         return max(0.0, float(self._soft(lambda: self._scripts["rate"](args=args), "0")))
 
