@@ -16,15 +16,19 @@ def positive(value) -> bool:
 
 
 @pytest.mark.slow
-def test_bench_quick_runs_and_writes_json(tmp_path):
+def test_bench_quick_runs_and_writes_json_with_redis_beside(tmp_path):
+    """One run of the benchmark for both: a second run cost 25 s of the suite's five minutes.
+    `redis` runs drain, enqueue, bulk and pickup on a redis-server the bench starts itself."""
+    from redis_server import unavailable
+
     out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "raw,enqueue,drain",
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "raw,enqueue,drain,redis",
                         "--jobs", "20", "--out", str(out)],
-                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     data = json.loads(out.read_text())
 
-    assert data["measurements"] == ["raw", "drain", "enqueue"]
+    assert data["measurements"] == ["raw", "drain", "enqueue", "redis"]
     assert data["errors"] == {}
     assert positive(data["machine"]["cpu_count"])
     assert data["machine"]["python"] and data["machine"]["queuectl_version"]
@@ -41,21 +45,12 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert positive(results["enqueue"]["ratio_to_floor"])
     assert "drain" in data["table"] and "| what" in p.stdout
 
-
-@pytest.mark.slow
-def test_bench_quick_reports_redis_beside_json(tmp_path):
-    """`redis` runs drain, enqueue, bulk and pickup on a redis-server the bench starts itself."""
-    from conftest import redis_unavailable
-    redis_unavailable()
-    out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "drain,redis",
-                        "--jobs", "20", "--out", str(out)],
-                       capture_output=True, text=True, timeout=90, cwd=tmp_path)
-    assert p.returncode == 0, p.stdout + p.stderr
-    data = json.loads(out.read_text())
-
-    assert data["errors"] == {} and data["not_run"] == {}
-    redis = data["results"]["redis"]
+    if unavailable() is not None:
+        assert "redis" in data["not_run"]  # said so under the table, and the rest still ran
+        from conftest import redis_unavailable
+        redis_unavailable()  # a skip here, a failure where CI is set
+    assert data["not_run"] == {}
+    redis = results["redis"]
     assert redis["available"] is True and redis["server"] != "?"
     for workers in ("1", "2", "4"):
         assert redis["drain"][workers]["jobs"] == 20
