@@ -30,7 +30,12 @@ def ran(proc):
                          "echo 'first failure' >&2; exit 5; }", "--max-retries", "2")
     dead = proc.enqueue("echo bye; echo 'fatal: nope' >&2; exit 9", "--max-retries", "0")
     proc("config", "set", "backoff_base", "1")
-    proc("start", "--count", "2", "--timeout", "3")
+    starter = proc.popen("start", "--count", "2")  # stopped once both jobs ended: ~1.5 s, not 3
+    try:
+        assert wait_for(lambda: proc.counts()["completed"] == 1 and proc.counts()["dead"] == 1, timeout=20)
+    finally:
+        proc("stop")
+        assert starter.wait(timeout=30) == 0
     return proc, flaky, dead
 
 
