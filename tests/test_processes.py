@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from conftest import wait_for
-from faultkit import workers_of
+from faultkit import proc_stat, workers_of
 
 
 def stop_and_wait(proc, starter, timeout=30):
@@ -153,16 +153,8 @@ def test_workers_of_a_sigkilled_start_stop_after_their_job(proc, tmp_path):
     [worker] = workers_of(starter.pid)
     os.kill(starter.pid, signal.SIGKILL)
     starter.wait()
-    assert wait_for(lambda: not _running(worker), timeout=10), "the orphan kept working"
+    assert wait_for(lambda: (proc_stat(worker) or ("Z",))[0] == "Z", timeout=10), "the orphan kept working"
     storage = proc.manager().storage
     assert storage.get(job).state.value == "completed"
     assert storage.get(waiting).state.value == "pending"  # it stopped before taking another job
 
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's reaper may be slow, or absent in a container)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
