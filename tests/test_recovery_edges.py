@@ -97,6 +97,62 @@ def test_a_job_retaken_but_not_started_keeps_its_own_error(tmp_path):
         store.close()
 
 
+def test_a_job_claimed_after_recovery_listed_the_folder_is_recovered_in_that_pass(tmp_path, monkeypatch):
+    """Seen in the chaos test: a recovery lists processing/ while a worker is alive; the worker
+    claims and starts another job, then dies before the recovery reaches it. Its note names that
+    job, and the note goes with the lock file when the recovery is done with the worker, so the
+    job must be recovered in the same pass: its attempt counted, its death on record."""
+    from queuectl.core.utils import fs
+
+    path = _store(tmp_path, {"id": "a", "command": "true", "priority": 10}, {"id": "b", "command": "true"})
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(go_w)
+            from queuectl.core.backends import json_backend
+            json_backend.COUNT_FLUSH_INTERVAL = 3600  # a's result stays uncommitted, in the note
+            m = QueueManager(get_storage(path))
+            worker = Worker(m)
+            worker.run_once()
+            os.read(go_r, 1)  # the recovery has listed processing/
+            assert m.claim(worker.owner).id == "b"
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    os.close(go_r)
+    assert _wait_until(lambda: _folders(path).get("a") == ["processing"])  # a ran, result not committed
+    take = fs.take_stale_lock
+
+    def slow_take(lock_path: str):
+        if os.path.basename(lock_path).startswith("worker-"):  # the worker's turn: claim b and die
+            os.write(go_w, b"x")
+            assert os.WTERMSIG(os.waitpid(pid, 0)[1]) == signal.SIGKILL
+        return take(lock_path)
+
+    monkeypatch.setattr(fs, "take_stale_lock", slow_take)
+    store = get_storage(path)
+    try:
+        QueueManager(store).recover()
+        assert _folders(path) == {"a": ["completed"], "b": ["pending"]}
+        b = store.get("b")
+        assert b.attempts == 1 and [h["error"] for h in b.history] == ["Worker died during attempt 1"]
+    finally:
+        os.close(go_w)
+        store.close()
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float = 30) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_one_unrecoverable_file_does_not_hold_up_the_others(tmp_path):
     path = _store(tmp_path, {"id": "good", "command": "true"}, {"id": "other", "command": "true"})
     owner = "worker-host-1-deadbeef"

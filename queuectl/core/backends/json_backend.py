@@ -840,6 +840,9 @@ class JsonStorage(Storage):
             try:
                 note = _parse_note(fs.read_note(lock))
                 self._end_orphan_command(owner, note)
+                # Listed again now that its lock is ours: it may have claimed more before it died,
+                # and the note that names those goes with the lock file once we are done.
+                names = [n for n in self._names("processing") if n.partition("__")[0] == owner and n.endswith(".json")]
                 for name in names:
                     try:
                         job = self._recover_one(name, decide, note)
