@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from queuectl.core.queue import QueueManager
 from queuectl.core.storage import get_storage
+from queuectl.core.utils import faults
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,5 +165,41 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.1) -> bool:
     return predicate()
 
 
+@pytest.fixture
+def scratch(tmp_path):
+    """A folder on a RAM filesystem where there is one: a SIGKILL leaves the page cache intact,
+    so fsync plays no part in what these kills can break, and skipping the disk makes a kill
+    cheap enough to afford thousands."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="queuectl-faults-", dir=shm))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def unarmed():
+    """This process forks the faulted children and checks their work: it never arms a point."""
+    faults.arm(None)
+    yield
+    faults.arm(None)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running fault and load tests (run by `make test`)")
+
+
+# The longest files first, busy ones beside ones that mostly wait, so that the processes of
+# `make test` end together: xdist's own order (most tests first) put the longest file last, and
+# the run took a minute longer. `make test` passes --no-loadscope-reorder to keep this order.
+LONGEST_FIRST = ("test_fault_points.py", "test_chaos.py", "test_fault_points_cli.py", "test_redis.py",
+                 "test_stop_and_limits.py", "test_load.py", "test_scheduling.py", "test_crash_writes.py",
+                 "test_processes.py", "test_observability.py", "test_bench_smoke.py",
+                 "test_disk_and_permissions.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep their order

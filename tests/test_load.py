@@ -35,7 +35,7 @@ from faultkit import (
 
 ENQUEUERS = 20
 PER_ENQUEUER = int(os.environ.get("QUEUECTL_LOAD_PER_ENQUEUER", "500"))
-CHUNK = 50
+CHUNK = 100
 SINGLES = 5  # per enqueuer, one `enqueue '<spec>'` call each; the rest go through --file -
 TOTAL = ENQUEUERS * PER_ENQUEUER
 LIST_EVERY = 3.0  # seconds between two `list --state completed` polls
