@@ -136,6 +136,21 @@ def median_ms(fn: Callable[[], object], repeat: int, warmup: int = 1) -> dict[st
             "max_ms": round(max(samples), 4), "runs": repeat}
 
 
+def paired_median_ms(fns: Sequence[Callable[[], object]], repeat: int, warmup: int = 1) -> list[dict[str, float]]:
+    """median_ms of each function, their calls taken in turn: this machine's speed drifts by
+    tens of percent within minutes, and two series timed one after the other drift apart (the
+    same build measured 1.37 to 1.98 times its floor in three runs that way)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, out in zip(fns, samples):
+            out.append(time_call(fn) * 1000)
+    return [{"median_ms": round(statistics.median(s), 4), "min_ms": round(min(s), 4),
+             "max_ms": round(max(s), 4), "runs": repeat} for s in samples]
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile (no interpolation: a p95 of 20 samples is the 19th)."""
     ordered = sorted(values)

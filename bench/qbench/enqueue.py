@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from .common import NewStore, clean_env, json_store, median_ms, queuectl_exe, ratio, run_cli, temp_dir
+from .common import NewStore, clean_env, json_store, median_ms, paired_median_ms, queuectl_exe, ratio, run_cli, temp_dir
 from .qctl import bulk_available, enqueue_specs, job_ids, pending_jobs, spec_lines
 
 
@@ -18,11 +18,13 @@ def single(repeat: int, new_store: NewStore = json_store, floor: bool = True) ->
     `floor` is False: it does not depend on the store)."""
     with temp_dir("enqueue") as tmp, new_store(tmp, "enqueue") as store:
         env = clean_env(store)
-        enqueue = median_ms(lambda: run_cli([queuectl_exe(), "enqueue", "true"], env), repeat)
+        def call() -> None:
+            run_cli([queuectl_exe(), "enqueue", "true"], env)
+
         if not floor:
-            return {"cli_ms": enqueue}
-        floor_ms = median_ms(lambda: subprocess.run([sys.executable, "-c", "import click"], env=env,
-                                                    check=True), repeat)
+            return {"cli_ms": median_ms(call, repeat)}
+        enqueue, floor_ms = paired_median_ms(
+            [call, lambda: subprocess.run([sys.executable, "-c", "import click"], env=env, check=True)], repeat)
     return {"cli_ms": enqueue, "floor_ms": floor_ms, "floor_command": f"{sys.executable} -c 'import click'",
             "ratio_to_floor": ratio(enqueue["median_ms"], floor_ms["median_ms"])}
 
