@@ -68,9 +68,11 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, decode_responses=True,
                            socket_timeout=5)
 
-    def url(self, prefix: str | None = None, password: str | None = None, db: int = 0) -> str:
+    def url(self, prefix: str | None = None, password: str | None = None, db: int = 0,
+            lease: int | None = None) -> str:
         auth = f":{password}@" if password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}" + (f"?prefix={prefix}" if prefix else "")
+        options = [f"prefix={prefix}"] * bool(prefix) + [f"lease={lease}"] * bool(lease)
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}" + ("?" + "&".join(options) if options else "")
 
     def kill(self) -> None:
         """A crash: SIGKILL, no shutdown save."""

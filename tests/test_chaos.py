@@ -5,11 +5,11 @@ counts, that writes are atomic, and that no job runs twice at once. Judged by si
 each job appends its id to a marker file, so a second run of a job shows up as a duplicate line,
 and every duplicate must be explained by a kill (a "Worker died" attempt in the job's history).
 
-One chaos run per backend (a module fixture, about 30 s on JSON, 40 s on Redis) feeds two tests:
+One chaos run per backend (a module fixture, about 25 s each) feeds two tests:
 nothing is lost or damaged, and every re-run is on record. On JSON the store is judged from its
 files; on Redis, whose key layout is the backend's own business, through the Storage API. A
-killed Redis worker's job comes back only when its 10 s lease has run out, so the clean run at
-the end waits for the last leases of the chaos.
+killed Redis worker's job comes back only when its lease has run out (3 s here, set in the URL;
+10 s by default), so the clean run at the end waits for the last leases of the chaos.
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def _redis_store(request, tmp_path: Path) -> tuple[Proc, RedisStore, Callable[[]
     returns the command, the store and what removes the prefix's keys and local output after."""
     server = request.getfixturevalue("redis_server")
     prefix = f"chaos-{uuid.uuid4().hex[:10]}"
-    url = server.url(prefix=prefix)
+    url = server.url(prefix=prefix, lease=3)
     store = RedisStore(url)
 
     def forget() -> None:
@@ -207,7 +207,7 @@ def _run_chaos(proc: Proc, store: JsonStore | RedisStore) -> dict:
     during = store.completed()
 
     # One clean run finishes the rest. It recovers whatever the kills left behind: on JSON at
-    # its start-up, on Redis as the dead workers' leases run out (within about 11 s).
+    # its start-up, on Redis as the dead workers' leases run out (within about 4 s).
     finished = time.monotonic()
     try:
         run_until(proc, lambda: store.completed() == JOBS, count=2, timeout=120)

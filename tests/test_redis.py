@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from queuectl.core.backends import redis_backend
+from queuectl.core.backends.redis_backend import parse_url
+from queuectl.core.errors import StorageError
 from queuectl.core.job import Job, JobState
 from queuectl.core.queue import QueueManager
 from queuectl.core.storage import get_storage
@@ -165,6 +167,29 @@ def _closed_port() -> int:
     return free_port()
 
 
+def test_the_lease_is_set_by_the_url_and_bad_values_are_refused(redis_server):
+    """`?lease=N`: each owner's key expires after N s (refreshed every N/4 s, at most 2 s), so its
+    jobs come back that much sooner after it dies; the URL shown says so, the password never."""
+    assert parse_url("redis://h/0")["lease"] == redis_backend.LEASE_SECONDS
+    assert parse_url("redis://:pw@h:7/1?lease=3&prefix=q")["display"] == "redis://***@h:7/1?prefix=q&lease=3"
+    assert parse_url("redis://h/0?lease=10")["display"] == "redis://h:6379/0"  # the default
+    for bad in ("0", "1", "3601", "2.5", "-3", "x", "", "\u00b3"):
+        with pytest.raises(StorageError, match="^invalid Redis URL: lease must be a whole number of seconds "
+                                               "from 2 to 3600$"):
+            parse_url(f"redis://h/0?lease={bad}")
+    with pytest.raises(StorageError, match="^invalid Redis URL: the database must be a number"):
+        parse_url("redis://h/\u00b3")  # a digit to str.isdigit, not to int()
+    with pytest.raises(StorageError, match=r"unknown option\(s\) leases \(known: prefix, lease\)"):
+        parse_url("redis://h/0?leases=3")
+    store = get_storage(redis_server.url(prefix=prefix(), lease=3))
+    try:
+        store.register_owner("worker-short")
+        ttl = redis_server.client().ttl(f"{store._p}owner:worker-short")
+        assert 0 < ttl <= 3 and store._lease_refresh == 0.75
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("same_host", [True, False], ids=["same-host", "other-host"])
 def test_a_dead_owners_job_is_recovered_after_its_lease(redis_server, monkeypatch, same_host):
     """In-process, with a 1 s lease: the lease, not a pid, decides; only the same host may kill."""
@@ -205,7 +230,7 @@ def test_a_dead_owners_job_is_recovered_after_its_lease(redis_server, monkeypatc
 
 @pytest.mark.slow
 def test_two_hosts_drain_one_queue_and_recover_a_killed_host(redis_server, tmp_path):
-    url = redis_server.url(prefix=prefix())
+    url = redis_server.url(prefix=prefix(), lease=3)  # host A's jobs come back 3 s after it dies
     p = RedisProc(tmp_path, url)
     marker = tmp_path / "marker"
     lines = [json.dumps({"id": f"job-{i:03d}", "command": f"echo job-{i:03d} >> {marker}"}) for i in range(200)]
@@ -236,7 +261,7 @@ def test_two_hosts_drain_one_queue_and_recover_a_killed_host(redis_server, tmp_p
             return all(store.get(j).worker_id != held[j] for j in on_a)
 
         assert wait_for(moved, timeout=20, interval=0.2)
-        assert time.monotonic() - killed < 15, "recovery must come within the lease bound"
+        assert time.monotonic() - killed < 8, "recovery must come within the lease bound (3 s + 1 s)"
         assert wait_for(lambda: p.counts()["completed"] == 204, timeout=20)
         for job_id in held:
             job = store.get(job_id)

@@ -1,6 +1,7 @@
 """Jobs in Redis: one queue shared by workers on any number of machines.
 
-Selected by a URL: ``redis://[:password@]host:port/db[?prefix=name]`` (``rediss://`` for TLS).
+Selected by a URL: ``redis://[:password@]host:port/db[?prefix=name&lease=seconds]`` (``rediss://``
+for TLS).
 Every key starts with the prefix (default ``queuectl``), so one Redis can hold several queues::
 
     P:job:<id>            hash: data (the job's JSON), state, owner, prio, member
@@ -62,10 +63,13 @@ DEFAULT_PREFIX = "queuectl"
 DEFAULT_PORT = 6379
 # A worker (or manager) that has not refreshed its lease for this long is dead: its jobs are
 # recovered by any manager. Long enough to ride out a GC pause or a slow network, short enough
-# that a dead machine's jobs come back within seconds. A job is recovered at most
-# LEASE_SECONDS + RECOVER_INTERVAL (1 s) after its worker died.
+# that a dead machine's jobs come back within seconds. A job is recovered at most the lease +
+# RECOVER_INTERVAL (1 s) after its worker died. The URL's `lease` sets it per process (each
+# owner's key carries its own expiry, so processes with different leases can share a queue).
 LEASE_SECONDS = 10
-# Leases are refreshed this often: four refreshes may fail in a row before a live owner expires.
+LEASE_RANGE = (2, 3600)
+# Leases are refreshed this often (a quarter of a shorter lease): four refreshes may fail in a
+# row before a live owner expires.
 LEASE_REFRESH = 2.0
 # Socket timeouts: a Redis that does not answer is an outage, not a hang.
 CONNECT_TIMEOUT = 3.0
@@ -363,23 +367,31 @@ def parse_url(url: str) -> dict[str, Any]:
         raise StorageError("invalid Redis URL: it must start with redis:// or rediss://")
     host = parts.hostname or "localhost"
     db_text = parts.path.strip("/") or "0"
-    if not db_text.isdigit():
+    if not (db_text.isascii() and db_text.isdigit()):  # isdigit alone takes '³', which int() refuses
         raise StorageError("invalid Redis URL: the database must be a number, as in redis://host:6379/0")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"prefix"})
+    unknown = sorted(set(query) - {"prefix", "lease"})
     if unknown:
-        raise StorageError(f"invalid Redis URL: unknown option(s) {', '.join(unknown)} (known: prefix)")
+        raise StorageError(f"invalid Redis URL: unknown option(s) {', '.join(unknown)} (known: prefix, lease)")
     prefix = query.get("prefix", [DEFAULT_PREFIX])[-1]
     if not prefix or len(prefix) > 64 or not all(c.isalnum() or c in "._-" for c in prefix):
         raise StorageError("invalid Redis URL: prefix must be 1-64 letters, digits, '.', '_' or '-'")
+    lease = LEASE_SECONDS
+    if "lease" in query:
+        text = query["lease"][-1]
+        low, high = LEASE_RANGE
+        if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+            raise StorageError(f"invalid Redis URL: lease must be a whole number of seconds from {low} to {high}")
+        lease = int(text)
     shown_host = f"[{host}]" if ":" in host else host
     display = f"{parts.scheme}://{'***@' if '@' in parts.netloc else ''}{shown_host}:{port}/{int(db_text)}"
-    if prefix != DEFAULT_PREFIX:
-        display += f"?prefix={prefix}"
+    options = [f"prefix={prefix}"] * (prefix != DEFAULT_PREFIX) + [f"lease={lease}"] * (lease != LEASE_SECONDS)
+    if options:
+        display += "?" + "&".join(options)
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
     username = urllib.parse.unquote(parts.username) if parts.username else None
     return {"host": host, "port": port, "db": int(db_text), "username": username, "password": password,
-            "ssl": parts.scheme == "rediss", "prefix": prefix + ":", "display": display,
+            "ssl": parts.scheme == "rediss", "prefix": prefix + ":", "lease": lease, "display": display,
             "where": f"{shown_host}:{port}"}
 
 
@@ -393,7 +405,7 @@ def _num(value: float) -> str:
 
 
 class _Lease:
-    """A key kept alive by a daemon thread: written now, refreshed every LEASE_REFRESH seconds.
+    """A key kept alive by a daemon thread: written now, refreshed every `_lease_refresh` seconds.
 
     The thread never dies of a Redis error: it logs the outage once (through the storage) and
     retries with backoff, so a live process gets its lease back as soon as Redis does.
@@ -426,7 +438,8 @@ class _Lease:
             self.stopped = True
 
     def _run(self) -> None:
-        delay, failures, complained = LEASE_REFRESH, 0, False
+        every = self.storage._lease_refresh
+        delay, failures, complained = every, 0, False
         while not self._halt.wait(delay):
             try:
                 self.refresh()
@@ -434,16 +447,16 @@ class _Lease:
                 if _is_transient(e):  # Redis restarting, a network blip: back off and retry
                     self.storage._lost(e)
                     failures += 1
-                    delay = min(BACKOFF_MIN * 2 ** failures, LEASE_REFRESH)
+                    delay = min(BACKOFF_MIN * 2 ** failures, every)
                     continue
                 if not complained:  # a password rotated under us, a full Redis: say so, keep trying
                     log.warning("Cannot refresh the lease of %s at Redis %s: %s", self.name,
                                 self.storage._where, _describe(e))
                     complained = True
-                delay = LEASE_REFRESH
+                delay = every
                 continue
             self.storage._back()
-            delay, failures, complained = LEASE_REFRESH, 0, False
+            delay, failures, complained = every, 0, False
 
 
 class RedisStorage(Storage):
@@ -456,6 +469,12 @@ class RedisStorage(Storage):
         self.display = cfg["display"]
         self._where = cfg["where"]
         self._p = cfg["prefix"]
+        self._lease_seconds: int = cfg["lease"]
+        self._lease_refresh = min(LEASE_REFRESH, self._lease_seconds / 4)
+        # For this long after Redis restarted nothing is recovered, so that live owners renew
+        # leases that expired while it was down; owners with the default lease refresh (and
+        # retry) at most LEASE_REFRESH apart, whatever our own lease.
+        self._restart_grace = max(self._lease_seconds, 2 * LEASE_REFRESH)
         self._host = os.environ.get(HOST_ENV) or socket.gethostname()
         self._r = redis.Redis(
             host=cfg["host"], port=cfg["port"], db=cfg["db"], username=cfg["username"],
@@ -748,8 +767,9 @@ class RedisStorage(Storage):
         """Jobs of owners whose lease is gone, each moved by a compare-and-set that also checks,
         in the same script, that the lease is still gone: of several recoverers one wins a job.
 
-        During an outage, or in the first LEASE_SECONDS after Redis restarted (live workers have
-        not yet renewed leases that expired while it was down), nothing is recovered.
+        During an outage, or in the first seconds after Redis restarted (one lease, at least 4 s:
+        live workers have not yet renewed leases that expired while it was down), nothing is
+        recovered.
         """
         return self._soft(lambda: self._recover(decide), [])
 
@@ -765,7 +785,7 @@ class RedisStorage(Storage):
         dead = [(o, _loads(answers[2 * i + 1]) or {}) for i, o in enumerate(holders) if not answers[2 * i]]
         if not dead:
             return []
-        restarted = self._redis_uptime() < LEASE_SECONDS
+        restarted = self._redis_uptime() < self._restart_grace
         results: list[Job] = []
         for owner, note in dead:
             if restarted and note and not note.get("gone"):
@@ -786,9 +806,9 @@ class RedisStorage(Storage):
 
     def _redis_uptime(self) -> float:
         try:
-            return float(self._r.info("server").get("uptime_in_seconds", LEASE_SECONDS))
+            return float(self._r.info("server").get("uptime_in_seconds", self._restart_grace))
         except redis.ResponseError:  # INFO disabled (some hosted Redis): assume it has been up
-            return float(LEASE_SECONDS)
+            return float(self._restart_grace)
 
     def _end_orphan_command(self, owner: str, note: dict[str, Any]) -> None:
         try:
@@ -824,7 +844,7 @@ class RedisStorage(Storage):
             info = {"host": self._host, "pid": os.getpid(), "pgid": self._pgids.get(owner) or 0}
             pipe = self._r.pipeline(transaction=True)
             pipe.hset(key, mapping=info)
-            pipe.expire(key, LEASE_SECONDS)
+            pipe.expire(key, self._lease_seconds)
             pipe.hset(self._key("notes"), owner, json.dumps(info))
             pipe.execute()
 
@@ -849,7 +869,7 @@ class RedisStorage(Storage):
         try:
             self._call(lambda _r: self._scripts["unregister"](args=[self._p, owner, note]), patience=1.0)
         except StorageError:
-            pass  # the lease expires by itself within LEASE_SECONDS
+            pass  # the lease expires by itself
 
     def note_running(self, owner: str, pgid: int | None) -> None:
         """Keeps the pgid and host in the owner's lease and notes: a recoverer on the same host
@@ -868,7 +888,7 @@ class RedisStorage(Storage):
         def write() -> None:
             pipe = self._r.pipeline(transaction=True)
             pipe.hset(key, "info", doc)
-            pipe.expire(key, LEASE_SECONDS)
+            pipe.expire(key, self._lease_seconds)
             pipe.sadd(self._key("managers"), info.id)
             pipe.execute()
 
@@ -894,7 +914,7 @@ class RedisStorage(Storage):
             pass  # its lease expires by itself
 
     def managers(self) -> list[ManagerInfo]:
-        """Managers whose lease is alive: a killed one drops out within LEASE_SECONDS."""
+        """Managers whose lease is alive: a killed one drops out within its lease."""
         def read(_retry: bool) -> list[Any]:
             ids = sorted(self._r.smembers(self._key("managers")))
             pipe = self._r.pipeline(transaction=False)
