@@ -142,6 +142,71 @@ def test_a_job_claimed_after_recovery_listed_the_folder_is_recovered_in_that_pas
         store.close()
 
 
+def test_the_lock_sweep_keeps_the_note_of_a_worker_that_claimed_after_its_listing(tmp_path, monkeypatch):
+    """The sweep of lock files left by dead CLI calls lists processing/ first. A worker idle at
+    that moment claims and starts a job, then dies before the sweep takes its lock: its note
+    (the attempt, the process group) must stay for recovery, not go as a stray lock file."""
+    from queuectl.core.utils import fs
+
+    path = _store(tmp_path, {"id": "j", "command": "true"})
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            m = QueueManager(get_storage(path))
+            worker = Worker(m)
+            worker.register()
+            os.write(ready_w, b"x")
+            os.read(go_r, 1)  # the sweep has listed processing/
+            assert m.claim(worker.owner).id == "j"
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    os.read(ready_r, 1)
+    take = fs.take_stale_lock
+
+    def slow_take(lock_path: str):
+        if os.path.basename(lock_path).startswith("worker-"):
+            os.write(go_w, b"x")
+            assert os.WTERMSIG(os.waitpid(pid, 0)[1]) == signal.SIGKILL
+        return take(lock_path)
+
+    monkeypatch.setattr(fs, "take_stale_lock", slow_take)
+    store = get_storage(path)
+    try:
+        QueueManager(store).recover()  # nothing to recover at its listing; then the sweep
+        monkeypatch.setattr(fs, "take_stale_lock", take)
+        QueueManager(store).recover()
+        j = store.get("j")
+        assert j.state is JobState.PENDING and j.attempts == 1
+        assert [h["error"] for h in j.history] == ["Worker died during attempt 1"]
+    finally:
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+        store.close()
+
+
+def test_closing_a_store_keeps_the_note_of_an_owner_that_still_holds_a_job(tmp_path):
+    """A worker whose last flush failed closes its store still holding a started job; the lock
+    file and its note stay, so recovery counts the attempt that ran."""
+    path = _store(tmp_path, {"id": "j", "command": "true"})
+    store = get_storage(path)
+    m = QueueManager(store)
+    worker = Worker(m)
+    worker.register()
+    assert m.claim(worker.owner).id == "j"
+    store.close()
+    store = get_storage(path)
+    try:
+        QueueManager(store).recover()
+        j = store.get("j")
+        assert j.state is JobState.PENDING and j.attempts == 1
+        assert [h["error"] for h in j.history] == ["Worker died during attempt 1"]
+    finally:
+        store.close()
+
+
 def _wait_until(predicate: Callable[[], bool], timeout: float = 30) -> bool:
     import time
 

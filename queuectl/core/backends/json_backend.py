@@ -172,9 +172,10 @@ class JsonStorage(Storage):
         if self._wake_fd is not None:
             os.close(self._wake_fd)
             self._wake_fd = None
-        for lock in list(self._owners.values()) + list(self._managers.values()):
+        for owner in list(self._owners):
+            self.unregister_owner(owner)  # an owner still holding jobs (a failed flush) keeps its note
+        for lock in self._managers.values():
             lock.release()
-        self._owners.clear()
         self._managers.clear()
         self._cli_owner = None
 
@@ -948,7 +949,11 @@ class JsonStorage(Storage):
                 continue
             lock = fs.take_stale_lock(self._p("owners", name))
             if lock is not None:
-                lock.release(remove=True)
+                # It may have claimed a job after our listing and died since: then its note is
+                # what recovery needs (the job's attempt, its process group), so the file stays.
+                owner = name[:-5]
+                holds_jobs = any(n.partition("__")[0] == owner for n in self._names("processing"))
+                lock.release(remove=not holds_jobs)
 
     def log_dir(self) -> str:
         self._ensure()
