@@ -73,6 +73,35 @@ def test_a_failed_result_committed_just_before_the_kill_is_not_run_again(tmp_pat
         store.close()
 
 
+@pytest.mark.parametrize("then", ["retry", "purge"])
+def test_a_stale_copy_whose_result_moved_on_is_not_brought_back(tmp_path, then):
+    """Killed between the commit's two renames, a worker leaves its old copy in processing/
+    beside its result in dead/. If `dlq retry` or `dlq purge` acts on the result before any
+    recovery runs, recovery must drop the copy: not queue the job twice, not bring back a
+    purged one (found in review)."""
+    path = _store(tmp_path, {"id": "x", "command": "exit 3", "max_retries": 0})
+
+    def work(m: QueueManager) -> None:
+        Worker(m).run_once()
+        m.storage.flush()
+
+    assert os.WTERMSIG(_in_child(path, work, "rename.done:2")) == signal.SIGKILL  # 1: claim
+    assert sorted(_folders(path)["x"]) == ["dead", "processing"]
+    store = get_storage(path)
+    try:
+        m = QueueManager(store)
+        if then == "retry":
+            m.retry_dead("x")
+        else:
+            m.purge_dead("x")
+        m.recover()
+        assert _folders(path) == ({"x": ["pending"]} if then == "retry" else {})
+        if then == "retry":
+            assert not [h for h in store.get("x").history if "Worker died" in (h.get("error") or "")]
+    finally:
+        store.close()
+
+
 def test_a_job_retaken_but_not_started_keeps_its_own_error(tmp_path):
     """The owner's note named the job from its earlier attempt; a death before the new start
     is recorded must not be counted against it."""

@@ -905,6 +905,9 @@ class JsonStorage(Storage):
                 self.update(job, result)
                 _unlink(self._p("tmp", str(tmp_name)))  # only now: a recovery killed before retries
                 return result
+            if self._moved_on(job, name):
+                _unlink(path)  # committed, then retried, taken or purged before we came: a stale copy
+                return None
             job.attempts, job.finished_at = int(attempt or job.attempts + 1), None
             job.started_at = started or job.started_at or job.updated_at
             written_state = JobState.PROCESSING  # it ran, but its result is lost: the attempt counts
@@ -920,6 +923,24 @@ class JsonStorage(Storage):
                 new.worker_id = None
         self.update(job, new)
         return new
+
+    def _moved_on(self, job: Job, name: str) -> bool:
+        """Whether a dead worker's copy in processing/, whose result is not in its spare, is stale:
+        the result was committed and has moved on since (retried, taken by another worker,
+        purged, its id given to a new job). Otherwise the result was lost (a power cut) and the
+        job runs again."""
+        try:
+            marker = fs.read_file(self._p("ids", job.id)).strip()
+        except FileNotFoundError:
+            return True  # purged
+        except OSError:
+            return False
+        if marker and marker != str(job.seq).encode():
+            return True  # the id now names another job
+        tail = f"_{job.id}.json"
+        if any(n.endswith(tail) and _id_of(n, s) == job.id for s in RUNNABLE for n in self._names(s.value)):
+            return True
+        return any(n != name and _id_of(n, JobState.PROCESSING) == job.id for n in self._names("processing"))
 
     def _committed_at(self, dest: str) -> bool:
         """Whether a result named `dest` (a file name in its state's folder) is in place."""
