@@ -126,40 +126,60 @@ def test_a_job_retaken_but_not_started_keeps_its_own_error(tmp_path):
         store.close()
 
 
+def _worker_on_cue(path: str, first: Callable[[Worker], object], job_id: str) -> tuple[int, int]:
+    """Forks a worker that does `first`, then waits for a cue to claim `job_id` and die
+    (SIGKILL) holding it, its attempt noted. Returns its pid and the cue's write end."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            from queuectl.core.backends import json_backend
+            json_backend.COUNT_FLUSH_INTERVAL = 3600  # results stay uncommitted, in the note
+            m = QueueManager(get_storage(path))
+            worker = Worker(m)
+            first(worker)
+            os.write(ready_w, b"x")
+            os.read(go_r, 1)
+            assert m.claim(worker.owner).id == job_id
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    os.read(ready_r, 1)
+    for fd in (ready_r, ready_w, go_r):
+        os.close(fd)
+    return pid, go_w
+
+
+def _cue_before_its_lock_is_taken(monkeypatch, pid: int, go_w: int) -> Callable:
+    """The next take of a worker's stale lock first lets the forked worker claim and die, as if
+    that happened just after the caller listed processing/. Returns the real take_stale_lock."""
+    from queuectl.core.utils import fs
+
+    take = fs.take_stale_lock
+
+    def cued_take(lock_path: str):
+        if os.path.basename(lock_path).startswith("worker-") and pid not in done:
+            done.add(pid)
+            os.write(go_w, b"x")
+            os.close(go_w)
+            assert os.WTERMSIG(os.waitpid(pid, 0)[1]) == signal.SIGKILL
+        return take(lock_path)
+
+    done: set[int] = set()
+    monkeypatch.setattr(fs, "take_stale_lock", cued_take)
+    return take
+
+
 def test_a_job_claimed_after_recovery_listed_the_folder_is_recovered_in_that_pass(tmp_path, monkeypatch):
     """Seen in the chaos test: a recovery lists processing/ while a worker is alive; the worker
     claims and starts another job, then dies before the recovery reaches it. Its note names that
     job, and the note goes with the lock file when the recovery is done with the worker, so the
     job must be recovered in the same pass: its attempt counted, its death on record."""
-    from queuectl.core.utils import fs
-
     path = _store(tmp_path, {"id": "a", "command": "true", "priority": 10}, {"id": "b", "command": "true"})
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(go_w)
-            from queuectl.core.backends import json_backend
-            json_backend.COUNT_FLUSH_INTERVAL = 3600  # a's result stays uncommitted, in the note
-            m = QueueManager(get_storage(path))
-            worker = Worker(m)
-            worker.run_once()
-            os.read(go_r, 1)  # the recovery has listed processing/
-            assert m.claim(worker.owner).id == "b"
-            os.kill(os.getpid(), signal.SIGKILL)
-        finally:
-            os._exit(1)
-    os.close(go_r)
-    assert _wait_until(lambda: _folders(path).get("a") == ["processing"])  # a ran, result not committed
-    take = fs.take_stale_lock
-
-    def slow_take(lock_path: str):
-        if os.path.basename(lock_path).startswith("worker-"):  # the worker's turn: claim b and die
-            os.write(go_w, b"x")
-            assert os.WTERMSIG(os.waitpid(pid, 0)[1]) == signal.SIGKILL
-        return take(lock_path)
-
-    monkeypatch.setattr(fs, "take_stale_lock", slow_take)
+    pid, go_w = _worker_on_cue(path, lambda w: w.run_once(), "b")  # a ran, its result uncommitted
+    assert _folders(path).get("a") == ["processing"]
+    _cue_before_its_lock_is_taken(monkeypatch, pid, go_w)
     store = get_storage(path)
     try:
         QueueManager(store).recover()
@@ -167,7 +187,6 @@ def test_a_job_claimed_after_recovery_listed_the_folder_is_recovered_in_that_pas
         b = store.get("b")
         assert b.attempts == 1 and [h["error"] for h in b.history] == ["Worker died during attempt 1"]
     finally:
-        os.close(go_w)
         store.close()
 
 
@@ -178,30 +197,8 @@ def test_the_lock_sweep_keeps_the_note_of_a_worker_that_claimed_after_its_listin
     from queuectl.core.utils import fs
 
     path = _store(tmp_path, {"id": "j", "command": "true"})
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            m = QueueManager(get_storage(path))
-            worker = Worker(m)
-            worker.register()
-            os.write(ready_w, b"x")
-            os.read(go_r, 1)  # the sweep has listed processing/
-            assert m.claim(worker.owner).id == "j"
-            os.kill(os.getpid(), signal.SIGKILL)
-        finally:
-            os._exit(1)
-    os.read(ready_r, 1)
-    take = fs.take_stale_lock
-
-    def slow_take(lock_path: str):
-        if os.path.basename(lock_path).startswith("worker-"):
-            os.write(go_w, b"x")
-            assert os.WTERMSIG(os.waitpid(pid, 0)[1]) == signal.SIGKILL
-        return take(lock_path)
-
-    monkeypatch.setattr(fs, "take_stale_lock", slow_take)
+    pid, go_w = _worker_on_cue(path, lambda w: w.register(), "j")
+    take = _cue_before_its_lock_is_taken(monkeypatch, pid, go_w)
     store = get_storage(path)
     try:
         QueueManager(store).recover()  # nothing to recover at its listing; then the sweep
@@ -211,8 +208,6 @@ def test_the_lock_sweep_keeps_the_note_of_a_worker_that_claimed_after_its_listin
         assert j.state is JobState.PENDING and j.attempts == 1
         assert [h["error"] for h in j.history] == ["Worker died during attempt 1"]
     finally:
-        for fd in (ready_r, ready_w, go_r, go_w):
-            os.close(fd)
         store.close()
 
 
@@ -234,17 +229,6 @@ def test_closing_a_store_keeps_the_note_of_an_owner_that_still_holds_a_job(tmp_p
         assert [h["error"] for h in j.history] == ["Worker died during attempt 1"]
     finally:
         store.close()
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 30) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_one_unrecoverable_file_does_not_hold_up_the_others(tmp_path):
