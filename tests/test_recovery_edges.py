@@ -126,6 +126,18 @@ def test_a_job_retaken_but_not_started_keeps_its_own_error(tmp_path):
         store.close()
 
 
+def _died_once(store, job_id: str) -> None:
+    """The job is pending again, its one attempt counted and its death on record."""
+    job = store.get(job_id)
+    assert job.state is JobState.PENDING and job.attempts == 1
+    assert [h["error"] for h in job.history] == ["Worker died during attempt 1"]
+
+
+def _recovered_with_its_death(store, job_id: str) -> None:
+    QueueManager(store).recover()
+    _died_once(store, job_id)
+
+
 def _worker_on_cue(path: str, first: Callable[[Worker], object], job_id: str) -> tuple[int, int]:
     """Forks a worker that does `first`, then waits for a cue to claim `job_id` and die
     (SIGKILL) holding it, its attempt noted. Returns its pid and the cue's write end."""
@@ -184,8 +196,7 @@ def test_a_job_claimed_after_recovery_listed_the_folder_is_recovered_in_that_pas
     try:
         QueueManager(store).recover()
         assert _folders(path) == {"a": ["completed"], "b": ["pending"]}
-        b = store.get("b")
-        assert b.attempts == 1 and [h["error"] for h in b.history] == ["Worker died during attempt 1"]
+        _died_once(store, "b")
     finally:
         store.close()
 
@@ -203,10 +214,7 @@ def test_the_lock_sweep_keeps_the_note_of_a_worker_that_claimed_after_its_listin
     try:
         QueueManager(store).recover()  # nothing to recover at its listing; then the sweep
         monkeypatch.setattr(fs, "take_stale_lock", take)
-        QueueManager(store).recover()
-        j = store.get("j")
-        assert j.state is JobState.PENDING and j.attempts == 1
-        assert [h["error"] for h in j.history] == ["Worker died during attempt 1"]
+        _recovered_with_its_death(store, "j")
     finally:
         store.close()
 
@@ -223,10 +231,7 @@ def test_closing_a_store_keeps_the_note_of_an_owner_that_still_holds_a_job(tmp_p
     store.close()
     store = get_storage(path)
     try:
-        QueueManager(store).recover()
-        j = store.get("j")
-        assert j.state is JobState.PENDING and j.attempts == 1
-        assert [h["error"] for h in j.history] == ["Worker died during attempt 1"]
+        _recovered_with_its_death(store, "j")
     finally:
         store.close()
 
