@@ -259,8 +259,9 @@ class QueueManager:
                 return None
             if before_start is not None:
                 before_start()
-            started = job.evolve(attempts=job.attempts + 1, started_at=now_iso(), finished_at=None,
-                                 worker_id=owner)
+            stamp = now_iso()
+            started = job.evolve(attempts=job.attempts + 1, started_at=stamp, updated_at=stamp,
+                                 finished_at=None, worker_id=owner)
             try:
                 self.storage.update(job, started)
             except ConflictError:
@@ -271,8 +272,8 @@ class QueueManager:
         """Records an attempt's end: completed, failed (with its due time) or dead."""
         entry = _attempt_entry(job, outcome)
         history = (job.history + [entry])[-MAX_HISTORY:]
-        common: dict[str, Any] = {"finished_at": entry["finished_at"], "history": history,
-                                  "exit_code": outcome.exit_code}
+        common: dict[str, Any] = {"finished_at": entry["finished_at"], "updated_at": entry["finished_at"],
+                                  "history": history, "exit_code": outcome.exit_code}
         no_retry = job.no_retry_on if job.no_retry_on is not None else self.config.no_retry_on
         if outcome.ok:
             new = job.evolve(state=JobState.COMPLETED, last_error=None, **common)

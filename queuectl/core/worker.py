@@ -213,6 +213,7 @@ class Worker:
 
 
 _direct: list[logging.Handler] = []  # the handler `setup_logging` made
+_stamp: list[Any] = [None, ""]  # (second, its local time formatted) for `job_line`
 
 
 def job_line(msg: str, *args: Any) -> None:
@@ -228,10 +229,12 @@ def job_line(msg: str, *args: Any) -> None:
         log.info(msg, *args)
         return
     now = time.time()
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    second = int(now)
+    if _stamp[0] != second:  # many lines a second: the formatted local time is kept
+        _stamp[:] = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
     try:
         stream = _direct[0].stream  # type: ignore[attr-defined]
-        stream.write(f"{stamp},{int((now - int(now)) * 1000):03d} - {log.name} - INFO - {msg % args}\n")
+        stream.write(f"{_stamp[1]},{int((now - second) * 1000):03d} - {log.name} - INFO - {msg % args}\n")
         stream.flush()
     except (OSError, ValueError):  # a closed or broken stderr: logging would drop the line too
         pass
