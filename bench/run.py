@@ -3,9 +3,10 @@
 
     python bench/run.py [--quick] [--out bench/results/latest.json] [--only raw,drain] [--jobs N]
 
-Measurements (names for --only): raw, drain, enqueue, bulk, pickup, redis, recovery, peers,
-memory, scale; `redis` repeats drain, enqueue, bulk and pickup on the Redis backend, against a
-redis-server it starts itself. The machine is small and shared: compare ratios within one run,
+Measurements (names for --only): raw, drain, minimum, enqueue, bulk, pickup, redis, recovery,
+peers, memory, scale; `redis` repeats drain, enqueue, bulk and pickup on the Redis backend, against
+a redis-server it starts itself. Each drain (and the `minimum` loop, see qbench/minimum.py) is
+set beside the raw limit measured right before it. The machine is small and shared: compare ratios within one run,
 not figures across runs.
 Peers (task-spooler, nq, rq, huey) run when installed; `bash bench/peers.sh` installs them.
 """
@@ -28,7 +29,7 @@ from typing import Callable, Iterator, Optional
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-NAMES = ("raw", "drain", "enqueue", "bulk", "pickup", "redis", "recovery", "peers", "memory", "scale")
+NAMES = ("raw", "drain", "minimum", "enqueue", "bulk", "pickup", "redis", "recovery", "peers", "memory", "scale")
 
 
 def use_project_python() -> None:
@@ -145,15 +146,16 @@ class Stores:
 
 
 def runners(s: Settings, results: dict, stores: Stores) -> dict[str, Callable[[], dict]]:
-    from qbench import drain, enqueue, memory, peers, pickup, raw, recovery, redisbench, scale
+    from qbench import drain, enqueue, memory, minimum, peers, pickup, raw, recovery, redisbench, scale
     return {
         "raw": lambda: median_of_passes(lambda: raw.measure(s.quick), s.passes),
-        "drain": lambda: median_of_passes(lambda: drain.measure(s.drain_jobs, results.get("raw")), s.passes),
+        "drain": lambda: median_of_passes(lambda: drain.measure(s.drain_jobs, s.quick), s.passes),
+        "minimum": lambda: median_of_passes(lambda: minimum.measure(s.drain_jobs, s.quick), s.passes),
         "enqueue": lambda: enqueue.single(s.enqueue_repeat),
         "bulk": lambda: enqueue.bulk(s.bulk_jobs),
         "pickup": lambda: pickup.measure(s.pickup_samples),
         "redis": lambda: redisbench.measure(s.drain_jobs, s.enqueue_repeat, s.bulk_jobs, s.pickup_samples,
-                                            results.get("raw")),
+                                            s.quick),
         "recovery": lambda: recovery.measure(s.recovery_runs),
         "peers": lambda: median_of_passes(lambda: peers.measure(s.drain_jobs), s.passes),
         # memory first: scale's enqueue calls leave pending jobs in the big store

@@ -22,13 +22,13 @@ def test_bench_quick_runs_and_writes_json_with_redis_beside(tmp_path):
     from redis_server import unavailable
 
     out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "raw,enqueue,drain,redis",
-                        "--jobs", "20", "--out", str(out)],
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick",
+                        "--only", "raw,enqueue,drain,minimum,redis", "--jobs", "20", "--out", str(out)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     data = json.loads(out.read_text())
 
-    assert data["measurements"] == ["raw", "drain", "enqueue", "redis"]
+    assert data["measurements"] == ["raw", "drain", "minimum", "enqueue", "redis"]
     assert data["errors"] == {}
     assert positive(data["machine"]["cpu_count"])
     assert data["machine"]["python"] and data["machine"]["queuectl_version"]
@@ -39,11 +39,16 @@ def test_bench_quick_runs_and_writes_json_with_redis_beside(tmp_path):
         drain = results["drain"][workers]
         assert drain["jobs"] == 20
         assert positive(drain["jobs_per_s"])
-        assert positive(drain["ratio_to_raw"])
+        assert positive(drain["raw_jobs_per_s"])  # measured right before it
+        assert drain["ratio_to_raw"] == round(drain["jobs_per_s"] / drain["raw_jobs_per_s"], 3)
+    for processes in ("1", "2"):
+        floor = results["minimum"][processes]
+        assert floor["jobs"] == 20  # every job, once, whatever the number of loops
+        assert positive(floor["jobs_per_s"]) and positive(floor["ratio_to_raw"])
     assert positive(results["enqueue"]["cli_ms"]["median_ms"])
     assert positive(results["enqueue"]["floor_ms"]["median_ms"])
     assert positive(results["enqueue"]["ratio_to_floor"])
-    assert "drain" in data["table"] and "| what" in p.stdout
+    assert "drain" in data["table"] and "durable minimum / raw limit" in data["table"] and "| what" in p.stdout
 
     if unavailable() is not None:
         assert "redis" in data["not_run"]  # said so under the table, and the rest still ran

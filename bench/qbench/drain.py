@@ -1,12 +1,13 @@
 """Drain: N `true` jobs enqueued first, then run by `queuectl start --count 1|2|4`.
 
 jobs/s runs from the earliest attempt start to the latest attempt finish that queuectl recorded,
-and is set beside the raw spawn limit at the same concurrency.
+and is set beside the raw spawn limit at the same concurrency, measured just before it.
 """
 from __future__ import annotations
 
 from .common import NewStore, json_store, ratio, temp_dir
 from .qctl import drain, enqueue_specs, job_ids, spec_lines
+from .raw import PAIRED_RAW_S, spawn_rate
 
 
 def drain_once(jobs: int, workers: int, new_store: NewStore = json_store) -> dict:
@@ -19,13 +20,19 @@ def drain_once(jobs: int, workers: int, new_store: NewStore = json_store) -> dic
         return result
 
 
-def measure(jobs: int, raw: dict | None, worker_counts: tuple[int, ...] = (1, 2, 4),
+def measure(jobs: int, quick: bool, worker_counts: tuple[int, ...] = (1, 2, 4),
             new_store: NewStore = json_store) -> dict:
-    """{"1": {...}, ...}: each with jobs_per_s and, when the raw limit was measured, its ratio."""
+    """{"1": {...}, ...}: each with jobs_per_s, and its ratio to the raw limit at the same
+    concurrency, measured right before it.
+
+    In turn, not as two series minutes apart: this machine's speed drifts by a third within
+    minutes, and a ratio of figures taken at different times measured the drift as much.
+    """
     out = {}
     for workers in worker_counts:
+        limit = spawn_rate(workers, PAIRED_RAW_S[quick])["jobs_per_s"]
         result = drain_once(jobs, workers, new_store)
-        limit = (raw or {}).get(str(workers), {}).get("jobs_per_s")
+        result["raw_jobs_per_s"] = limit
         result["ratio_to_raw"] = ratio(result["jobs_per_s"], limit)
         out[str(workers)] = result
     return out

@@ -24,6 +24,11 @@ print(json.dumps({"spawns": n, "seconds": time.perf_counter() - t0}))
 """
 
 
+# Seconds of the raw loop measured right before each drain, by --quick: a quick run is a check
+# that everything runs, and its ratios are rough.
+PAIRED_RAW_S = {True: 0.25, False: 2.0}
+
+
 def spawn_rate(concurrency: int, seconds: float) -> dict:
     """Spawns per second summed over `concurrency` looping processes."""
     start = time.time() + 0.5  # time for every looping process to start
