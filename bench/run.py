@@ -5,9 +5,10 @@
 
 Measurements (names for --only): raw, drain, minimum, enqueue, bulk, pickup, redis, recovery,
 peers, memory, scale; `redis` repeats drain, enqueue, bulk and pickup on the Redis backend, against
-a redis-server it starts itself. Each drain (and the `minimum` loop, see qbench/minimum.py) is
-set beside the raw limit measured right before it. The machine is small and shared: compare ratios within one run,
-not figures across runs.
+a redis-server it starts itself. Each drain (and the `minimum` loop, see qbench/minimum.py; not in
+a --quick run unless named) is set beside the raw limit measured right before it (a --quick run
+takes `raw`'s figures). The machine is small and shared: compare ratios within one run, not
+figures across runs.
 Peers (task-spooler, nq, rq, huey) run when installed; `bash bench/peers.sh` installs them.
 """
 from __future__ import annotations
@@ -91,6 +92,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     unknown = sorted(set(chosen) - set(NAMES))
     if unknown:
         ap.error(f"unknown measurement(s): {', '.join(unknown)} (known: {', '.join(NAMES)})")
+    if args.quick and not args.only:
+        chosen.remove("minimum")  # a quick run checks queuectl in under a minute; --only minimum runs it
     args.names = [n for n in NAMES if n in chosen]
     return args
 
@@ -149,13 +152,16 @@ def runners(s: Settings, results: dict, stores: Stores) -> dict[str, Callable[[]
     from qbench import drain, enqueue, memory, minimum, peers, pickup, raw, recovery, redisbench, scale
     return {
         "raw": lambda: median_of_passes(lambda: raw.measure(s.quick), s.passes),
-        "drain": lambda: median_of_passes(lambda: drain.measure(s.drain_jobs, s.quick), s.passes),
-        "minimum": lambda: median_of_passes(lambda: minimum.measure(s.drain_jobs, s.quick), s.passes),
+        "drain": lambda: median_of_passes(lambda: drain.measure(s.drain_jobs, s.quick, results.get("raw")),
+                                          s.passes),
+        "minimum": lambda: median_of_passes(lambda: minimum.measure(s.drain_jobs, s.quick, results.get("raw")),
+                                            s.passes),
         "enqueue": lambda: enqueue.single(s.enqueue_repeat),
         "bulk": lambda: enqueue.bulk(s.bulk_jobs),
         "pickup": lambda: pickup.measure(s.pickup_samples),
-        "redis": lambda: redisbench.measure(s.drain_jobs, s.enqueue_repeat, s.bulk_jobs, s.pickup_samples,
-                                            s.quick),
+        # Quick: half the enqueue calls and pickup samples on Redis, where each costs 0.2 s.
+        "redis": lambda: redisbench.measure(s.drain_jobs, s.enqueue_repeat // (2 if s.quick else 1), s.bulk_jobs,
+                                            s.pickup_samples // (2 if s.quick else 1), s.quick, results.get("raw")),
         "recovery": lambda: recovery.measure(s.recovery_runs),
         "peers": lambda: median_of_passes(lambda: peers.measure(s.drain_jobs), s.passes),
         # memory first: scale's enqueue calls leave pending jobs in the big store

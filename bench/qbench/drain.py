@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .common import NewStore, json_store, ratio, temp_dir
 from .qctl import drain, enqueue_specs, job_ids, spec_lines
-from .raw import PAIRED_RAW_S, spawn_rate
+from .raw import limit_before
 
 
 def drain_once(jobs: int, workers: int, new_store: NewStore = json_store) -> dict:
@@ -20,17 +20,13 @@ def drain_once(jobs: int, workers: int, new_store: NewStore = json_store) -> dic
         return result
 
 
-def measure(jobs: int, quick: bool, worker_counts: tuple[int, ...] = (1, 2, 4),
+def measure(jobs: int, quick: bool, raw: dict | None = None, worker_counts: tuple[int, ...] = (1, 2, 4),
             new_store: NewStore = json_store) -> dict:
     """{"1": {...}, ...}: each with jobs_per_s, and its ratio to the raw limit at the same
-    concurrency, measured right before it.
-
-    In turn, not as two series minutes apart: this machine's speed drifts by a third within
-    minutes, and a ratio of figures taken at different times measured the drift as much.
-    """
+    concurrency (see `raw.limit_before`)."""
     out = {}
     for workers in worker_counts:
-        limit = spawn_rate(workers, PAIRED_RAW_S[quick])["jobs_per_s"]
+        limit = limit_before(workers, quick, raw)
         result = drain_once(jobs, workers, new_store)
         result["raw_jobs_per_s"] = limit
         result["ratio_to_raw"] = ratio(result["jobs_per_s"], limit)

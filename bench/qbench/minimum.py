@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from .common import json_store, temp_dir
+from .common import json_store, ratio, temp_dir
 from .qctl import enqueue_specs, job_ids, spec_lines
-from .raw import PAIRED_RAW_S, spawn_rate
+from .raw import limit_before
 
 BATCH = 30
 
@@ -116,15 +116,16 @@ def loop_rate(store: Path, processes: int) -> dict:
     return {"jobs": jobs, "jobs_per_s": round(jobs / max(window, 1e-3), 1), "window_s": round(window, 3)}
 
 
-def measure(jobs: int, quick: bool, concurrencies: tuple[int, ...] = (1, 2)) -> dict:
-    """{"1": {...}, "2": {...}}: the loop's rate, and its ratio to the raw limit measured just before."""
+def measure(jobs: int, quick: bool, raw: dict | None = None, concurrencies: tuple[int, ...] = (1, 2)) -> dict:
+    """{"1": {...}, "2": {...}}: the loop's rate, and its ratio to the raw limit (see
+    `raw.limit_before`)."""
     out = {}
     for processes in concurrencies:
         with temp_dir(f"minimum{processes}") as tmp, json_store(tmp, f"minimum{processes}") as store:
             enqueue_specs(store, spec_lines(job_ids(f"minimum{processes}", jobs)), tmp)
-            raw = spawn_rate(processes, PAIRED_RAW_S[quick])["jobs_per_s"]
+            limit = limit_before(processes, quick, raw)
             result = loop_rate(Path(store), processes)
-        result["raw_jobs_per_s"] = raw
-        result["ratio_to_raw"] = round(result["jobs_per_s"] / raw, 3) if raw else None
+        result["raw_jobs_per_s"] = limit
+        result["ratio_to_raw"] = ratio(result["jobs_per_s"], limit)
         out[str(processes)] = result
     return out

@@ -24,14 +24,14 @@ print(json.dumps({"spawns": n, "seconds": time.perf_counter() - t0}))
 """
 
 
-# Seconds of the raw loop measured right before each drain, by --quick: a quick run is a check
-# that everything runs, and its ratios are rough.
+# Seconds of the raw loop measured right before each drain, by --quick.
 PAIRED_RAW_S = {True: 0.25, False: 2.0}
 
 
-def spawn_rate(concurrency: int, seconds: float) -> dict:
-    """Spawns per second summed over `concurrency` looping processes."""
-    start = time.time() + 0.5  # time for every looping process to start
+def spawn_rate(concurrency: int, seconds: float, lead: float = 0.5) -> dict:
+    """Spawns per second summed over `concurrency` looping processes, which start together
+    `lead` seconds from now (time for every one to start)."""
+    start = time.time() + lead
     procs = [subprocess.Popen([sys.executable, "-c", LOOP, str(start), str(seconds)],
                               stdout=subprocess.PIPE, text=True) for _ in range(concurrency)]
     try:
@@ -52,3 +52,13 @@ def measure(quick: bool, concurrencies: tuple[int, ...] = (1, 2, 4)) -> dict:
     """{"1": {...}, "2": {...}, "4": {...}}: jobs/s and ms per spawn (per process) at each level."""
     seconds = 0.5 if quick else 3.0
     return {str(c): spawn_rate(c, seconds) for c in concurrencies}
+
+
+def limit_before(concurrency: int, quick: bool, measured: dict | None = None) -> float:
+    """The raw limit to set a drain against, measured now, right before it: this machine's speed
+    drifts by a third within minutes, and a ratio of figures taken minutes apart measured the
+    drift as much. A quick run, a check that everything runs, takes the `raw` figure measured
+    earlier when there is one (pairing every drain would cost it a sixth of its minute)."""
+    if quick and measured and str(concurrency) in measured:
+        return measured[str(concurrency)]["jobs_per_s"]
+    return spawn_rate(concurrency, PAIRED_RAW_S[quick], lead=0.2 if quick else 0.5)["jobs_per_s"]

@@ -65,7 +65,7 @@ def remove_output(url: str) -> None:
 
 
 def measure(drain_jobs: int, enqueue_repeat: int, bulk_jobs: int, pickup_samples: int,
-            quick: bool = False) -> dict:
+            quick: bool = False, raw: dict | None = None) -> dict:
     """{"available": True, "server": version, "drain": ..., "enqueue": ..., "bulk": ..., "pickup": ...},
     each shaped as the JSON measurement of the same name; {"available": False, "reason": ...}
     when Redis cannot run here."""
@@ -77,7 +77,7 @@ def measure(drain_jobs: int, enqueue_repeat: int, bulk_jobs: int, pickup_samples
         return {
             "available": True,
             "server": server_version(),
-            "drain": drain.measure(drain_jobs, quick, new_store=new_store),
+            "drain": drain.measure(drain_jobs, quick, raw, new_store=new_store),
             "enqueue": enqueue.single(enqueue_repeat, new_store=new_store, floor=False),
             "bulk": enqueue.bulk(bulk_jobs, new_store=new_store),
             "pickup": pickup.measure(pickup_samples, new_store=new_store),
