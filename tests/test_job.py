@@ -25,6 +25,30 @@ def test_job_round_trips_through_json():
     assert again.created_at.endswith("Z") and again.created_at == again.updated_at
 
 
+def test_a_stored_job_reads_the_same_whatever_the_order_or_extra_keys_of_its_fields():
+    """A file as to_json writes it takes the short way (one dict copy); any other order, an
+    unknown key or a missing one the generated __init__: both give the same job, and both check."""
+    import json
+
+    job = Job.new("true", 2, job_id="j1").evolve(attempts=1, history=[{"attempt": 1}])
+    data = json.loads(job.to_json())
+    shuffled = dict(reversed(list(data.items())))
+    extra = {**data, "from_a_newer_version": 1}
+    short = {k: v for k, v in data.items() if k not in ("unique_key", "no_retry_on")}
+    for variant in (data, shuffled, extra, short):
+        again = Job.from_json(json.dumps(variant).encode())
+        assert again == job and again.state is JobState.PENDING
+        assert json.loads(again.to_json()) == data
+        assert list(json.loads(again.to_json())) == list(data)  # written in field order again
+    for bad in ({**data, "attempts": "1"}, {**data, "history": "not a list"}, {**data, "attempts": True}):
+        with pytest.raises(TypeError):
+            Job.from_json(json.dumps(bad).encode())
+    with pytest.raises(ValueError):
+        Job.from_json(json.dumps({**data, "state": "bogus"}).encode())
+    with pytest.raises(ValueError):
+        Job.from_json(b"\xff{}")  # not UTF-8: unreadable like any other broken file
+
+
 def test_job_refuses_an_empty_command():
     with pytest.raises(ValidationError):
         Job.new("   ", 3)
