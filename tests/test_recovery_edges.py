@@ -311,3 +311,51 @@ def test_notes_in_the_older_long_form_are_still_recovered(tmp_path):
     QueueManager(get_storage(path)).recover()
     assert _folders(path) == {f"j{i}": ["completed"] for i in range(3)}
     assert sorted(marker.read_text().split()) == ["j0", "j1", "j2"]  # none ran twice
+
+
+def test_a_command_started_but_not_yet_noted_is_ended_before_its_job_runs_again(tmp_path):
+    """A worker process killed after starting a command and before noting its process group
+    leaves the command running with no note to find it by. The command carries the worker's
+    mark (set by the worker process's entry point), so recovery ends it: the job never runs twice
+    at once."""
+    import threading
+    import time
+
+    from queuectl.core.utils.proc import group_alive
+
+    pidfile = tmp_path / "pid"
+    path = _store(tmp_path, {"id": "long", "command": f"echo $$ > '{pidfile}.tmp'; mv '{pidfile}.tmp' '{pidfile}'; "
+                                                     "sleep 60"})
+    pid = os.fork()
+    if pid == 0:
+        try:
+            from queuectl.core.backends.json_backend import JsonStorage
+            from queuectl.core.worker import WorkerSettings, _worker_main
+
+            def die_before_noting(self, owner, pgid):
+                if pgid:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            JsonStorage.note_running = die_before_noting
+            _worker_main(WorkerSettings(path, "worker-1", "ERROR"), threading.Event(), threading.Event())
+        finally:
+            os._exit(1)
+    assert os.WTERMSIG(os.waitpid(pid, 0)[1]) == signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while not pidfile.exists():
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.01)
+    command = int(pidfile.read_text())
+    try:
+        assert group_alive(command)  # it runs on, its worker gone
+        store = get_storage(path)
+        try:
+            _recovered_with_its_death(store, "long")
+        finally:
+            store.close()
+        assert not group_alive(command)
+    finally:
+        try:
+            os.killpg(command, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -22,7 +22,7 @@ from .job import Job
 from .output import CappedFile, Pump, tail_line
 from .queue import Outcome, QueueManager
 from .storage import ManagerInfo, Storage, get_storage, host_id, new_owner_id
-from .utils.proc import describe_exit, exit_fd, kill_group, spawn_shell
+from .utils.proc import WORKER_ENV, describe_exit, exit_fd, kill_group, spawn_shell
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,7 @@ def _worker_main(settings: WorkerSettings, stop: Any, force: Any) -> None:
     storage = get_storage(settings.storage_path)
     parent = multiprocessing.parent_process()
     worker = Worker(QueueManager(storage, settings.storage_path), settings.name, stop, force)
+    os.environ[WORKER_ENV] = worker.owner  # every command it starts carries it (see marked_sessions)
     try:
         worker.run(parent_alive=_parent_check(parent))
     except QueuectlError as e:

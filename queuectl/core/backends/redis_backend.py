@@ -45,9 +45,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import metrics
 from ..errors import ConflictError, DuplicateJobError, StorageError
-from ..job import Job, JobState
+from ..job import Job, JobState, parse_iso
 from ..storage import ManagerInfo, Storage
-from ..utils.proc import kill_group
+from ..utils.proc import kill_group, marked_sessions
 
 try:
     import redis
@@ -795,6 +795,7 @@ class RedisStorage(Storage):
                 job = self._job(job_id, *self._r.hmget(self._key("job", job_id), "state", "owner", "data"))
                 if job is None or job.state is not JobState.PROCESSING or job.worker_id != owner:
                     continue
+                self._end_unnoted_command(owner, note, job)
                 new = decide(job)
                 try:
                     self._update(job, new, dead_owner=owner)
@@ -827,6 +828,23 @@ class RedisStorage(Storage):
             self._warn_once(f"orphan:{owner}", "Worker %s died on host %s; its command (process group %s) "
                             "cannot be ended from here and may still be running there", owner,
                             note.get("host"), pgid)
+
+    def _end_unnoted_command(self, owner: str, note: dict[str, Any], job: Job) -> None:
+        """A worker that died after recording an attempt's start but before noting its command's
+        group: the command, if it started, carries the worker's mark (see marked_sessions)."""
+        try:
+            noted = int(note.get("pgid") or 0) > 0
+        except (TypeError, ValueError):
+            noted = False
+        if noted or note.get("host") != self._host or not job.started_at:
+            return
+        try:
+            groups = marked_sessions(owner, parse_iso(job.started_at))
+        except ValueError:
+            return
+        for group in groups:
+            log.warning("Ending process group %s left running by dead worker %s", group, owner)
+            kill_group(group, ORPHAN_KILL_GRACE)
 
     def maintain(self) -> None:
         states = [s.value for s in JobState]

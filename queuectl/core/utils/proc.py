@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import IO
+from typing import IO, Iterator
 
 POSIX = os.name == "posix"
 
@@ -185,20 +185,21 @@ def group_alive(pgid: int) -> bool:
 def _group_has_live_member(pgid: int) -> bool:
     """Linux: looks past zombies, which an init that does not reap would keep forever."""
     try:
-        entries = os.listdir("/proc")
+        return any(int(fields[2]) == pgid and fields[0] != b"Z" for _pid, fields in _process_stats())
     except OSError:
         return True  # no /proc: trust killpg
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
+
+
+def _process_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, the fields of /proc/PID/stat after the command name: state, ppid, pgrp, session, ...)
+    of every process that is still there; OSError where there is no /proc."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    yield int(entry), f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -238,6 +239,41 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# Set in each worker process to its owner id, so every command it starts carries it: a worker
+# killed between starting a command and noting its process group leaves the command findable.
+WORKER_ENV = "QUEUECTL_WORKER"
+
+
+def marked_sessions(owner: str, since: float) -> list[int]:
+    """Session leaders started at `since` or later whose environment names `owner` as their
+    worker: the command a dead worker started but did not note. Linux (/proc); elsewhere none.
+
+    A job's command leads its own session (see `spawn_shell`) and keeps its pid across the
+    exec of its last command, so the pid is also the process group to end. Leaders started
+    earlier (a daemon an earlier job left behind) are not matched.
+    """
+    try:
+        with open("/proc/stat", "rb") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime "))
+        tick = os.sysconf("SC_CLK_TCK")
+        stats = list(_process_stats())
+    except (OSError, StopIteration, ValueError, AttributeError):
+        return []
+    needle = f"{WORKER_ENV}={owner}".encode()
+    found = []
+    for pid, fields in stats:
+        # a live session leader (field 6 of stat(5)) started (field 22) since the attempt began
+        if fields[3] != str(pid).encode() or fields[0] == b"Z" or boot + int(fields[19]) / tick < since - 1.0:
+            continue  # (btime is in whole seconds, hence the second's margin)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
 
 
 def describe_exit(returncode: int) -> str:
