@@ -122,8 +122,10 @@ def test_a_job_that_never_exits_is_bounded_by_its_timeout(proc):
     proc("config", "set", "job_timeout", "2")
     job = proc.enqueue("trap '' TERM; while :; do sleep 1; done", "--max-retries", "0")
     try:
-        # a graceful end waits for the running job: without the timeout this would never return
-        run = proc("start", "--count", "1", "--timeout", "1", timeout=90)
+        # a graceful end waits for the running job: without the timeout this would never return.
+        # 3 s, not 1: beside a busy suite a worker took over a second to start, and a stop that
+        # comes first leaves the job pending.
+        run = proc("start", "--count", "1", "--timeout", "3", timeout=90)
     finally:
         cleanup(proc.data, [])
     assert run.returncode == 0
@@ -143,7 +145,8 @@ def test_a_job_that_forks_heavily_is_bounded_by_its_timeout(proc, tmp_path):
         f"if [ $i -lt {FORK_CAP} ]; then sleep 100 & i=$((i + 1)); fi; true & sleep 0.005; done",
         "--max-retries", "0")
     # a graceful end waits for the running job: without the timeout this would never return
-    starter, log = spawn(proc, "start", "--count", "1", "--timeout", "1")
+    # (3 s for the worker to start and claim it beside a busy suite, as above)
+    starter, log = spawn(proc, "start", "--count", "1", "--timeout", "3")
     peak = 0
 
     def sample() -> bool:
