@@ -12,6 +12,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -230,32 +231,38 @@ def test_a_dead_owners_job_is_recovered_after_its_lease(redis_server, monkeypatc
         rescuer.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the command through /proc")
 def test_a_command_its_dead_worker_had_not_noted_is_ended_on_the_same_host(redis_server, monkeypatch):
     """The worker died after its attempt started and its command was spawned, before it noted
     the command's group: the command carries the worker's mark, and recovery ends it."""
-    from queuectl.core.utils.proc import WORKER_ENV, group_alive
+    from queuectl.core.utils.proc import group_alive, run_marks
 
     monkeypatch.setattr(redis_backend, "LEASE_SECONDS", 1)
     monkeypatch.setattr(redis_backend, "LEASE_REFRESH", 0.2)
     url = redis_server.url(prefix=prefix())
     monkeypatch.setenv("QUEUECTL_HOST_ID", "host-a")
     dying, rescuer = get_storage(url), get_storage(url)
-    command = None
+    command = leftover = None
     try:
         dying.register_owner("worker-doomed")
         dying.add(Job.new("sleep 30", 3, job_id="j"))
         QueueManager(dying).claim("worker-doomed")
+        # started as its worker starts it; an earlier attempt's leftover, marked 0, is not touched
         command = subprocess.Popen("sleep 30", shell=True, start_new_session=True,
-                                   env={**os.environ, WORKER_ENV: "worker-doomed"})
+                                   env={**os.environ, **run_marks("worker-doomed", "j", 1)})
+        leftover = subprocess.Popen("sleep 30", shell=True, start_new_session=True,
+                                    env={**os.environ, **run_marks("worker-doomed", "j", 0)})
         dying._owners["worker-doomed"].stop()  # dead before note_running
         found: list = []
         assert wait_for(lambda: found.extend(QueueManager(rescuer).recover()) or found, timeout=8)
         assert [j.id for j in found] == ["j"] and rescuer.get("j").attempts == 1
         assert command.wait(timeout=5) is not None and not group_alive(command.pid)
+        assert leftover.poll() is None
     finally:
-        if command is not None and command.poll() is None:
-            os.killpg(command.pid, signal.SIGKILL)
-            command.wait()
+        for p in (command, leftover):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
         dying._owners.clear()
         dying.close()
         rescuer.close()

@@ -218,6 +218,26 @@ def test_a_command_gets_only_the_standard_descriptors_and_the_environment(worker
     assert lines == ["0", "1", "2", "seen"]  # stdin is empty: `cat` printed nothing
 
 
+@pytest.mark.parametrize("spawn", ["posix_spawn", "popen"])
+def test_a_command_knows_its_job_attempt_and_worker(worker, manager, monkeypatch, spawn):
+    """QUEUECTL_JOB_ID, QUEUECTL_ATTEMPT and QUEUECTL_WORKER, on either way of starting it; the
+    worker's own environment is left as it was."""
+    from queuectl.core.utils import proc
+
+    if spawn == "popen":
+        monkeypatch.setattr(proc, "POSIX_SPAWN", False)
+    job = manager.enqueue('echo "$QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT $QUEUECTL_WORKER"; exit 1', max_retries=1)
+    assert worker.run_once() is True
+    manager.storage.update(*(lambda j: (j, j.evolve(due_at=0)))(manager.storage.get(job.id)))
+    assert worker.run_once() is True
+    outs = []
+    for attempt in (1, 2):
+        with open(manager.storage.output_paths(job.id, attempt)[0]) as out:
+            outs.append(out.read().split())
+    assert outs == [[job.id, "1", worker.owner], [job.id, "2", worker.owner]]
+    assert "QUEUECTL_JOB_ID" not in os.environ
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
 def test_a_command_starts_with_default_signal_handling(worker, manager):
     """Workers ignore SIGINT (Ctrl+C is their parent's to handle); their commands must not."""

@@ -225,8 +225,11 @@ class Job:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Job:
-        # Job files are UTF-8: decoded here, json.loads would first guess among the UTF-16/32s.
-        data = _DECODE(raw.decode())
+        # queuectl writes UTF-8: decoded here, json.loads would first guess among the UTF-16/32s.
+        try:
+            data = _DECODE(raw.decode())
+        except ValueError:
+            data = json.loads(raw)  # a hand-edited file with a BOM, or in UTF-16/32, reads as before
         if not isinstance(data, dict):
             raise ValueError("job file does not hold an object")
         return cls.from_dict(data)

@@ -22,7 +22,7 @@ from .job import Job
 from .output import CappedFile, Pump, tail_line
 from .queue import Outcome, QueueManager
 from .storage import ManagerInfo, Storage, get_storage, host_id, new_owner_id
-from .utils.proc import WORKER_ENV, describe_exit, exit_fd, kill_group, spawn_shell
+from .utils.proc import describe_exit, exit_fd, kill_group, run_marks, spawn_shell
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +139,13 @@ class Worker:
         if any(h.get("attempt") == job.attempts for h in job.history):
             for sink in sinks:  # this attempt number ran before and was given back: start clean
                 sink.discard()
+        marks = run_marks(self.owner, job.id, job.attempts)
         try:
             if SELECTABLE_PIPES:
-                proc = spawn_shell(job.command, subprocess.PIPE, subprocess.PIPE)
+                proc = spawn_shell(job.command, subprocess.PIPE, subprocess.PIPE, marks)
                 pump = Pump({proc.stdout: sinks[0], proc.stderr: sinks[1]})  # type: ignore[dict-item]
             else:  # no select() on pipes: the command writes the files itself, uncapped
-                proc = spawn_shell(job.command, sinks[0].fileobj(), sinks[1].fileobj())
+                proc = spawn_shell(job.command, sinks[0].fileobj(), sinks[1].fileobj(), marks)
                 pump = Pump({})
         except OSError as e:
             for sink in sinks:
@@ -260,7 +261,6 @@ def _worker_main(settings: WorkerSettings, stop: Any, force: Any) -> None:
     storage = get_storage(settings.storage_path)
     parent = multiprocessing.parent_process()
     worker = Worker(QueueManager(storage, settings.storage_path), settings.name, stop, force)
-    os.environ[WORKER_ENV] = worker.owner  # every command it starts carries it (see marked_sessions)
     try:
         worker.run(parent_alive=_parent_check(parent))
     except QueuectlError as e:

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator
 
 from .. import metrics
 from ..errors import ConflictError, DuplicateJobError, QueuectlError, StorageError
-from ..job import Job, JobState, parse_iso
+from ..job import Job, JobState
 from ..storage import ManagerInfo, Storage, new_owner_id
 from ..utils import fs, wake
 from ..utils.faults import fault
@@ -865,23 +865,16 @@ class JsonStorage(Storage):
         return results
 
     def _end_orphan_command(self, owner: str, note: dict[str, Any]) -> None:
-        from ..utils.proc import kill_group, marked_sessions  # subprocess loads only when a job is ended
+        from ..utils.proc import kill_group, marked_session, run_marks  # subprocess loads only now
 
         pgid = note.get("pgid") or 0
-        if isinstance(pgid, int) and pgid > 0:
-            groups = [pgid]
-        elif note.get("job") and isinstance(note.get("started_at"), str):
+        if not (isinstance(pgid, int) and pgid > 0) and note.get("job") and type(note.get("attempt")) is int:
             # The worker died after noting the attempt, before noting its command's group: the
-            # command, if it started, carries the worker's mark in its environment.
-            try:
-                groups = marked_sessions(owner, parse_iso(note["started_at"]))
-            except ValueError:
-                groups = []
-        else:
-            return
-        for group in groups:
-            log.warning("Ending process group %s left running by dead worker %s", group, owner)
-            kill_group(group, ORPHAN_KILL_GRACE)
+            # command, if it started, carries the attempt's marks in its environment.
+            pgid = marked_session(run_marks(owner, str(note["job"]), note["attempt"])) or 0
+        if isinstance(pgid, int) and pgid > 0:
+            log.warning("Ending process group %s left running by dead worker %s", pgid, owner)
+            kill_group(pgid, ORPHAN_KILL_GRACE)
 
     def _recover_one(self, name: str, decide: Callable[[Job], Job], note: dict[str, Any]) -> Job | None:
         path = self._p("processing", name)

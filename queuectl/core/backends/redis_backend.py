@@ -45,9 +45,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import metrics
 from ..errors import ConflictError, DuplicateJobError, StorageError
-from ..job import Job, JobState, parse_iso
+from ..job import Job, JobState
 from ..storage import ManagerInfo, Storage
-from ..utils.proc import kill_group, marked_sessions
+from ..utils.proc import kill_group, marked_session, run_marks
 
 try:
     import redis
@@ -831,20 +831,17 @@ class RedisStorage(Storage):
 
     def _end_unnoted_command(self, owner: str, note: dict[str, Any], job: Job) -> None:
         """A worker that died after recording an attempt's start but before noting its command's
-        group: the command, if it started, carries the worker's mark (see marked_sessions)."""
+        group: the command, if it started, carries the attempt's marks in its environment."""
         try:
             noted = int(note.get("pgid") or 0) > 0
         except (TypeError, ValueError):
             noted = False
-        if noted or note.get("host") != self._host or not job.started_at:
-            return
-        try:
-            groups = marked_sessions(owner, parse_iso(job.started_at))
-        except ValueError:
-            return
-        for group in groups:
-            log.warning("Ending process group %s left running by dead worker %s", group, owner)
-            kill_group(group, ORPHAN_KILL_GRACE)
+        if noted or note.get("host") != self._host or job.finished_at is not None:
+            return  # noted; another machine's; or taken but not started (see orphan_rule)
+        pgid = marked_session(run_marks(owner, job.id, job.attempts))
+        if pgid:
+            log.warning("Ending process group %s left running by dead worker %s", pgid, owner)
+            kill_group(pgid, ORPHAN_KILL_GRACE)
 
     def maintain(self) -> None:
         states = [s.value for s in JobState]

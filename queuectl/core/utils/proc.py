@@ -30,21 +30,25 @@ class _UsePopen(Exception):
     """This one command is for Popen (see `_posix_spawn_shell`)."""
 
 
-def spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] | int) -> subprocess.Popen | ShellProcess:
+def spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] | int,
+                extra_env: dict[str, str] | None = None) -> subprocess.Popen | ShellProcess:
     """Starts `command` through the platform shell, detached from our terminal's signals.
 
-    `stdout`/`stderr` are subprocess.PIPE or open files. What comes back has what the worker
-    uses of a Popen: pid, poll(), wait(), returncode, and the read ends as stdout/stderr.
+    `stdout`/`stderr` are subprocess.PIPE or open files; `extra_env` is added to this process's
+    environment for the command. What comes back has what the worker uses of a Popen: pid,
+    poll(), wait(), returncode, and the read ends as stdout/stderr.
     """
     global POSIX_SPAWN
     if POSIX_SPAWN:
         try:
-            return _posix_spawn_shell(command, stdout, stderr)
+            return _posix_spawn_shell(command, stdout, stderr, extra_env)
         except NotImplementedError:  # no POSIX_SPAWN_SETSID in this libc
             POSIX_SPAWN = False
         except _UsePopen:
             pass
     kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": stdout, "stderr": stderr, "shell": True}
+    if extra_env:
+        kwargs["env"] = {**os.environ, **extra_env}
     if POSIX:
         kwargs["start_new_session"] = True  # own group: Ctrl+C on `start` does not hit jobs
     else:
@@ -138,8 +142,12 @@ def _environment() -> object:
     return data if isinstance(data, dict) else os.environb  # type: ignore[attr-defined]
 
 
-def _posix_spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] | int) -> ShellProcess:
+def _posix_spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] | int,
+                       extra_env: dict[str, str] | None = None) -> ShellProcess:
     null = _dev_null()
+    env = _environment()
+    if extra_env:  # a copy of a few dozen entries: under a microsecond
+        env = {**env, **{os.fsencode(k): os.fsencode(v) for k, v in extra_env.items()}}  # type: ignore[dict-item]
     opened: list[int] = []
     ends: list[_ReadEnd | None] = []
     targets: list[int] = []
@@ -155,7 +163,7 @@ def _posix_spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] 
                 targets.append(stream.fileno())  # type: ignore[union-attr]
         if min(targets) <= 2 or null <= 2:  # a closed std stream got reused: Popen sorts that out
             raise _UsePopen
-        pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], _environment(), setsid=True,
+        pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env, setsid=True,  # type: ignore[arg-type]
                              setsigdef=_DEFAULT_SIGNALS,
                              file_actions=[(os.POSIX_SPAWN_DUP2, null, 0),
                                            (os.POSIX_SPAWN_DUP2, targets[0], 1),
@@ -241,39 +249,38 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-# Set in each worker process to its owner id, so every command it starts carries it: a worker
-# killed between starting a command and noting its process group leaves the command findable.
-WORKER_ENV = "QUEUECTL_WORKER"
+def run_marks(owner: str, job_id: str, attempt: int) -> dict[str, str]:
+    """What a job's command finds in its environment: which job and attempt it is, and which
+    worker runs it. Recovery also finds by them a command whose worker died before noting it."""
+    return {"QUEUECTL_JOB_ID": job_id, "QUEUECTL_ATTEMPT": str(attempt), "QUEUECTL_WORKER": owner}
 
 
-def marked_sessions(owner: str, since: float) -> list[int]:
-    """Session leaders started at `since` or later whose environment names `owner` as their
-    worker: the command a dead worker started but did not note. Linux (/proc); elsewhere none.
-
-    A job's command leads its own session (see `spawn_shell`) and keeps its pid across the
-    exec of its last command, so the pid is also the process group to end. Leaders started
-    earlier (a daemon an earlier job left behind) are not matched.
+def marked_session(marks: dict[str, str]) -> int | None:
+    """The live session leader whose environment holds all of `marks` (see `run_marks`), the
+    earliest started if the command started others in sessions of their own; Linux (/proc),
+    None elsewhere. It is the command of that attempt: it leads its own session (see
+    `spawn_shell`) and keeps its pid across the exec of its last command, so the pid is also the
+    process group to end, as a noted one would be.
     """
+    needles = {f"{k}={v}".encode() for k, v in marks.items()}
+    best: tuple[int, int] | None = None
     try:
-        with open("/proc/stat", "rb") as f:
-            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime "))
-        tick = os.sysconf("SC_CLK_TCK")
         stats = list(_process_stats())
-    except (OSError, StopIteration, ValueError, AttributeError):
-        return []
-    needle = f"{WORKER_ENV}={owner}".encode()
-    found = []
+    except OSError:
+        return None
     for pid, fields in stats:
-        # a live session leader (field 6 of stat(5)) started (field 22) since the attempt began
-        if fields[3] != str(pid).encode() or fields[0] == b"Z" or boot + int(fields[19]) / tick < since - 1.0:
-            continue  # (btime is in whole seconds, hence the second's margin)
+        if fields[3] != str(pid).encode() or fields[0] == b"Z":  # session (stat field 6), state
+            continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(pid)
-        except OSError:
+                if not needles <= set(f.read().split(b"\0")):
+                    continue
+            started = int(fields[19])  # stat field 22, in clock ticks since boot
+        except (OSError, IndexError, ValueError):
             continue
-    return found
+        if best is None or started < best[0]:
+            best = (started, pid)
+    return best[1] if best else None
 
 
 def describe_exit(returncode: int) -> str:
