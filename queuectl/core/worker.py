@@ -22,7 +22,15 @@ from .job import Job
 from .output import CappedFile, Pump, tail_line
 from .queue import Outcome, QueueManager
 from .storage import ManagerInfo, Storage, get_storage, host_id, new_owner_id
-from .utils.proc import describe_exit, exit_fd, kill_group, run_marks, spawn_shell
+from .utils.proc import (
+    describe_exit,
+    exit_fd,
+    kill_group,
+    killed_before_exec,
+    name_this_process,
+    run_marks,
+    spawn_shell,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,8 @@ TRIM_INTERVAL = 60.0
 # A worker that dies this soon after it started is restarted only after this delay, so a
 # broken environment does not become a fork loop.
 RESPAWN_BACKOFF = 1.0
+# Starts of one command that a signal to the worker's process group may cut short (see `_spawn`).
+SPAWN_TRIES = 10
 
 
 @dataclass(frozen=True)
@@ -141,12 +151,7 @@ class Worker:
                 sink.discard()
         marks = run_marks(self.owner, job.id, job.attempts)
         try:
-            if SELECTABLE_PIPES:
-                proc = spawn_shell(job.command, subprocess.PIPE, subprocess.PIPE, marks)
-                pump = Pump({proc.stdout: sinks[0], proc.stderr: sinks[1]})  # type: ignore[dict-item]
-            else:  # no select() on pipes: the command writes the files itself, uncapped
-                proc = spawn_shell(job.command, sinks[0].fileobj(), sinks[1].fileobj(), marks)
-                pump = Pump({})
+            proc, pump = self._spawn(job.command, sinks, marks)
         except OSError as e:
             for sink in sinks:
                 sink.close()
@@ -177,6 +182,24 @@ class Worker:
                 error = f"{error}: {line}"
         return Outcome(exit_code=proc.returncode, error=error, timed_out=timed_out,
                        cancelled=ended == "cancelled", started=started, finished=finished)
+
+    def _spawn(self, command: str, sinks: list[CappedFile], marks: dict[str, str]) -> tuple[Any, Pump]:
+        """Starts the command, again if a signal to the whole process group (Ctrl+C on `start`)
+        ended it before it ran anything (see `killed_before_exec`): that signal was for `start`."""
+        for _ in range(SPAWN_TRIES):
+            seen = group_signals[0]
+            if SELECTABLE_PIPES:
+                proc = spawn_shell(command, subprocess.PIPE, subprocess.PIPE, marks)
+                pump = Pump({proc.stdout: sinks[0], proc.stderr: sinks[1]})  # type: ignore[dict-item]
+            else:  # no select() on pipes: the command writes the files itself, uncapped
+                proc = spawn_shell(command, sinks[0].fileobj(), sinks[1].fileobj(), marks)
+                pump = Pump({})
+            if group_signals[0] == seen or not killed_before_exec(proc.pid):
+                return proc, pump
+            log.info("A signal for the process group ended a command before it started; starting it again")
+            proc.wait()
+            pump.drain()
+        return proc, pump
 
     def _wait(self, proc: subprocess.Popen, pump: Pump, timeout: float, job_id: str) -> str:
         """Waits for the command, copying its output: 'exited', or 'timeout', 'cancelled' or
@@ -253,10 +276,30 @@ def setup_logging(level: str) -> None:
     _direct[:] = logging.root.handlers
 
 
+# SIGINT and SIGTERM this worker process received: one that arrives while a command is being
+# started may have ended it too (see `Worker._spawn`).
+group_signals = [0]
+
+
+def install_worker_signals(stop: Any) -> None:
+    """Ctrl+C reaches the whole process group: the parent decides, so a worker only counts it.
+    SIGTERM asks for a graceful stop. Counted rather than ignored, for `Worker._spawn`."""
+    def on_interrupt(_signum: int, _frame: Any) -> None:
+        group_signals[0] += 1
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        group_signals[0] += 1
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def _worker_main(settings: WorkerSettings, stop: Any, force: Any) -> None:
     """Entry point of a worker process; leaves shutdown to the parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group: the parent decides
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    install_worker_signals(stop)
+    # for `ps`, and so that a command not yet exec'd is told apart (see `killed_before_exec`)
+    name_this_process("queuectl-worker")
     setup_logging(settings.log_level)
     storage = get_storage(settings.storage_path)
     parent = multiprocessing.parent_process()

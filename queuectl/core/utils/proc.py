@@ -310,6 +310,52 @@ def spawn_detached(argv: list[str], log_path: str, env: dict[str, str] | None = 
         os.close(fd)
 
 
+def killed_before_exec(pid: int, within: float = 5.0) -> bool:
+    """Whether the child `pid` (not reaped yet) was ended by a signal before it became the shell,
+    and so ran nothing of its command.
+
+    posix_spawn (and Popen) move the child into its own session only after resetting its signal
+    handlers, with every signal blocked: a signal sent to the worker's process group in between
+    (Ctrl+C on `start`) stays pending and, once unblocked, ends the child with the default
+    action. Until an exec renames it, the child bears the name of the thread that started it
+    (a worker names itself, see `name_this_process`), dead or alive. Linux only; False
+    elsewhere, and when neither is known within `within` seconds.
+    """
+    if not hasattr(os, "waitid"):
+        return False
+    try:
+        mine = _process_name("thread-self")
+    except (OSError, ValueError):
+        return False
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            name = _process_name(str(pid))
+        except (ChildProcessError, OSError, ValueError):
+            return False
+        if ended is not None:
+            return ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED) and name == mine
+        if name != mine or time.monotonic() >= deadline:
+            return False  # it became the shell: its command runs
+        time.sleep(0.001)
+
+
+def _process_name(pid: str) -> bytes:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.index(b"(") + 1:stat.rindex(b")")]
+
+
+def name_this_process(name: str) -> None:
+    """Sets the name `ps` and /proc show for the calling thread (Linux; 15 bytes kept)."""
+    try:
+        with open("/proc/thread-self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
 def exit_fd(pid: int) -> int | None:
     """A descriptor that becomes readable when `pid` exits (Linux pidfd), so waiting needs no
     polling; None where the platform has none."""
