@@ -174,17 +174,11 @@ def test_status_watch_prints_plain_lines_when_not_a_terminal(proc):
     proc.enqueue("true")
     watcher = subprocess.Popen(queuectl_command() + ["status", "--watch", "--interval", "0.2"], env=proc.env,
                                stdout=subprocess.PIPE)
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: _read_all(watcher.stdout.fileno(), chunks), daemon=True)
-    reader.start()
-    try:  # a busy machine can take seconds to start the command: wait for its lines, not a set time
-        wait_for(lambda: b"".join(chunks).count(b"\n") >= 3, timeout=20)
+    try:
+        out = _watch_until(watcher, watcher.stdout.fileno(), lambda seen: seen.count(b"\n") >= 3)
     finally:
-        watcher.terminate()
-        watcher.wait(timeout=10)
-        reader.join(2)
         watcher.stdout.close()
-    lines = b"".join(chunks).decode(errors="replace").splitlines()
+    lines = out.decode(errors="replace").splitlines()
     assert len(lines) >= 3 and all("pending=1" in line and "\x1b" not in line for line in lines)
 
 
@@ -230,18 +224,24 @@ def test_watch_redraws_in_place_on_a_terminal(proc):
     watcher = subprocess.Popen(queuectl_command() + ["status", "--watch", "--interval", "0.2"], env=proc.env,
                                stdout=slave, stderr=slave)
     os.close(slave)
+    out = _watch_until(watcher, master, lambda seen: seen.count(b"\x1b[H") >= 3).decode(errors="replace")
+    assert out.count("\x1b[H") >= 3 and "\x1b[2J" not in out  # cursor home, no full clear: no flicker
+    assert "Progress" in out
+
+
+def _watch_until(watcher: subprocess.Popen, fd: int, enough) -> bytes:
+    """What `status --watch` wrote to `fd` once `enough` of it came (or 20 s passed); then it is
+    stopped. A busy machine can take seconds to start the command: a set time would not do."""
     chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: _read_all(master, chunks), daemon=True)
+    reader = threading.Thread(target=lambda: _read_all(fd, chunks), daemon=True)
     reader.start()
-    try:  # a busy machine can take seconds to start the command: wait for its redraws, not a set time
-        wait_for(lambda: b"".join(chunks).count(b"\x1b[H") >= 3, timeout=20)
+    try:
+        wait_for(lambda: enough(b"".join(chunks)), timeout=20)
     finally:
         watcher.terminate()
         watcher.wait(timeout=10)
         reader.join(2)
-    out = b"".join(chunks).decode(errors="replace")
-    assert out.count("\x1b[H") >= 3 and "\x1b[2J" not in out  # cursor home, no full clear: no flicker
-    assert "Progress" in out
+    return b"".join(chunks)
 
 
 def _read_all(fd: int, chunks: list[bytes]) -> None:

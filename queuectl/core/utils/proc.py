@@ -332,7 +332,7 @@ def killed_before_exec(pid: int, within: float = 5.0) -> bool:
         try:
             ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             name = _process_name(str(pid))
-        except (ChildProcessError, OSError, ValueError):
+        except (OSError, ValueError):  # reaped elsewhere, or /proc unreadable
             return False
         if ended is not None:
             return ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED) and name == mine
