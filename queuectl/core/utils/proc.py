@@ -204,10 +204,17 @@ def _process_stats() -> Iterator[tuple[int, list[bytes]]]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    yield int(entry), f.read().rsplit(b")", 1)[1].split()
+                yield int(entry), _read_stat(entry)[1]
             except OSError:
                 continue
+
+
+def _read_stat(pid: str) -> tuple[bytes, list[bytes]]:
+    """A process's name, and the fields of /proc/PID/stat after it (PID may be 'thread-self')."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    head, _, rest = stat.rpartition(b")")
+    return head.partition(b"(")[2], rest.split()
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -324,27 +331,21 @@ def killed_before_exec(pid: int, within: float = 5.0) -> bool:
     if not hasattr(os, "waitid"):
         return False
     try:
-        mine = _process_name("thread-self")
-    except (OSError, ValueError):
+        mine = _read_stat("thread-self")[0]
+    except OSError:
         return False
     deadline = time.monotonic() + within
     while True:
         try:
             ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            name = _process_name(str(pid))
-        except (OSError, ValueError):  # reaped elsewhere, or /proc unreadable
+            name = _read_stat(str(pid))[0]
+        except OSError:  # reaped elsewhere, or no /proc
             return False
         if ended is not None:
             return ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED) and name == mine
         if name != mine or time.monotonic() >= deadline:
             return False  # it became the shell: its command runs
         time.sleep(0.001)
-
-
-def _process_name(pid: str) -> bytes:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    return stat[stat.index(b"(") + 1:stat.rindex(b")")]
 
 
 def name_this_process(name: str) -> None:
