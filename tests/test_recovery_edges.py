@@ -360,3 +360,71 @@ def test_a_command_started_but_not_yet_noted_is_ended_before_its_job_runs_again(
             os.killpg(command, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _id_markers(path: str) -> dict[str, os.stat_result]:
+    ids = Path(path) / "ids"
+    return {name: os.stat(ids / name) for name in os.listdir(ids)}
+
+
+def test_a_bulk_enqueue_links_its_ids_to_shared_tables(tmp_path):
+    """One inode per 1,000 ids instead of one (and a block) per id; every id still resolves,
+    and deleting a job removes only its own link."""
+    from queuectl.core.backends import json_backend
+    specs = [{"id": f"t-{i}", "command": f"echo {i}"} for i in range(2 * json_backend.TABLE_JOBS + 500)]
+    path = _store(tmp_path, *specs)
+    markers = _id_markers(path)
+    assert len(markers) == len(specs)
+    links = sorted({(m.st_ino, m.st_nlink) for m in markers.values()}, key=lambda t: t[1])
+    assert [n for _, n in links] == [500, json_backend.TABLE_JOBS, json_backend.TABLE_JOBS]
+    assert not [n for n in os.listdir(Path(path) / "tmp") if n.startswith(".ids-")]
+    store = get_storage(path)
+    try:
+        for i in range(0, len(specs), 97):
+            job = store.get(f"t-{i}")
+            assert job is not None and job.command == f"echo {i}"
+        first, second = store.get("t-1"), store.get("t-10")
+        assert first.seq < second.seq
+        store.delete(first)
+        assert store.get("t-1") is None and store.get("t-10") == second
+        assert os.stat(Path(path) / "ids" / "t-10").st_nlink == json_backend.TABLE_JOBS - 1
+    finally:
+        store.close()
+
+
+def test_bulk_ids_are_marker_files_where_links_are_refused(tmp_path, monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    path = _store(tmp_path, *({"id": f"f-{i}", "command": "true"} for i in range(5)))
+    markers = _id_markers(path)
+    assert len({m.st_ino for m in markers.values()}) == 5 and {m.st_nlink for m in markers.values()} == {1}
+    assert not [n for n in os.listdir(Path(path) / "tmp") if n.startswith(".ids-")]
+    store = get_storage(path)
+    try:
+        assert [store.get(f"f-{i}").id for i in range(5)] == [f"f-{i}" for i in range(5)]
+    finally:
+        store.close()
+
+
+def test_a_bulk_enqueue_that_meets_a_taken_id_leaves_no_marker_behind(tmp_path):
+    path = _store(tmp_path, {"id": "x2", "command": "echo first"})
+    store = get_storage(path)
+    try:
+        with pytest.raises(DuplicateJobError):
+            QueueManager(store).enqueue_many(json.dumps({"id": f"x{i}", "command": "true"}) for i in range(1, 4))
+        assert sorted(_id_markers(path)) == ["x2"]
+        assert not [n for n in os.listdir(Path(path) / "tmp") if n.startswith(".ids-")]
+        assert store.get("x2").command == "echo first" and store.get("x1") is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"42", 42), (b"42\n", 42), (b"#\n7 a\n8 b1\n9 xb1\n", 8), (b"#\n9 xb1\n8 b1\n", 8),
+    (b"#\n7 a\n", None), (b"", None), (b"garbage", None), (b"#\nnot-a-number b1\n", None),
+])
+def test_an_id_marker_gives_its_sequence(data, expected):
+    from queuectl.core.backends.json_backend import _marker_seq
+    assert _marker_seq(data, "b1") == expected

@@ -4,7 +4,9 @@ Layout of the data directory (0700; every file 0600)::
 
     config.json                 settings (only those set by the user)
     counts.json                 per-state counts, kept so `status` opens one file, not a million
-    ids/<id>                    an empty marker per job: O_EXCL creation makes ids unique
+    ids/<id>                    a marker per job holding its enqueue sequence: O_EXCL creation
+                                makes ids unique (an `enqueue --file` links its markers to
+                                shared tables of `<seq> <id>` lines instead: see _link_ids)
     pending/<prio>_<due_ms>_<seq>_<id>.json   waiting jobs; the name alone orders them
     failed/<prio>_<due_ms>_<seq>_<id>.json    jobs waiting for a retry
     processing/<owner>__<id>.json             jobs taken by a live owner
@@ -73,6 +75,9 @@ ORPHAN_KILL_GRACE = 1.0
 COUNT_FLUSH_INTERVAL = 0.05
 # Bulk writes of at least this many jobs use a second thread (see `_in_parallel`).
 PARALLEL_MIN = 200
+# Jobs per id table of a bulk enqueue (see `_link_ids`): a table is read whole by `get`, and
+# ext4 allows 65,000 links to one file.
+TABLE_JOBS = 1000
 # A temp file this old belongs to a writer that died; younger ones may still be renamed.
 TEMP_MAX_AGE = 60.0
 # A worker recycles the files of the jobs it finished as the files of its next results (see
@@ -261,10 +266,7 @@ class JsonStorage(Storage):
         folder = self._p("tmp", f".batch-{self._own_cli_owner()}.{uuid.uuid4().hex[:12]}")
         markers: list[str] = []
         staged: list[str] = []
-
-        def mark(job: Job) -> None:
-            self._mark_id(self._p("ids", job.id), job)
-            markers.append(self._p("ids", job.id))
+        tables: list[str] = []
 
         def stage(job: Job) -> None:
             # named as in pending/, as a temp file (a reader of the store skips it until it moves)
@@ -273,10 +275,14 @@ class JsonStorage(Storage):
             staged.append(path)
 
         try:
-            _in_parallel(mark, jobs)
+            try:
+                self._link_ids(jobs, tables, markers)
+            finally:
+                for table in tables:  # the markers keep each table's content; the name can go
+                    _unlink(table)
             os.mkdir(folder, 0o700)
             _in_parallel(stage, jobs)
-            fs.sync_filesystem(self.root, staged)
+            fs.sync_filesystem(self.root, staged + tables + [self._p("ids")])
         except BaseException as e:
             for path in markers:
                 _unlink(path)
@@ -331,6 +337,34 @@ class JsonStorage(Storage):
             if name.startswith(".batch-") and name.endswith(".commit"):
                 self._move_batch(self._p("tmp", name))
 
+    def _link_ids(self, jobs: list[Job], tables: list[str], markers: list[str]) -> None:
+        """Claims the ids of a bulk enqueue as hard links to shared tables of `<seq> <id>` lines.
+
+        A link makes a name but no inode. Creating a marker file per job allocated an inode and
+        a block, as costly as the job's own file, and on ext4 without a journal, shortly after
+        mass deletions, far more (see `_spare_file`). A link fails like O_EXCL on a taken id;
+        where links are refused (no hard links, too many to one file), a marker file is made.
+        """
+        linkable = True
+        for start in range(0, len(jobs), TABLE_JOBS):
+            chunk = jobs[start:start + TABLE_JOBS]
+            table = self._p("tmp", f".ids-{uuid.uuid4().hex[:12]}.tmp")
+            fs.write_private(table, b"#\n" + "".join(f"{job.seq} {job.id}\n" for job in chunk).encode())
+            tables.append(table)
+            for job in chunk:
+                marker = self._p("ids", job.id)
+                if linkable:
+                    try:
+                        os.link(table, marker)
+                        markers.append(marker)
+                        continue
+                    except FileExistsError:
+                        pass
+                    except OSError:
+                        linkable = False
+                self._mark_id(marker, job)
+                markers.append(marker)
+
     def _mark_id(self, marker: str, job: Job) -> None:
         """Claims the id (O_EXCL) and records its enqueue sequence, which names finished files."""
         try:
@@ -356,10 +390,10 @@ class JsonStorage(Storage):
         if not self.exists():
             return None
         try:
-            seq = int(fs.read_file(self._p("ids", job_id)) or b"x")
+            seq = _marker_seq(fs.read_file(self._p("ids", job_id)), job_id)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except OSError:
             seq = None
         for _attempt in range(2):  # a job may move between folders while we look
             if seq is not None:
@@ -941,7 +975,7 @@ class JsonStorage(Storage):
             return True  # purged
         except OSError:
             return False
-        if marker and marker != str(job.seq).encode():
+        if marker and _marker_seq(marker, job.id) != job.seq:
             return True  # the id now names another job
         tail = f"_{job.id}.json"
         if any(n.endswith(tail) and _id_of(n, s) == job.id for s in RUNNABLE for n in self._names(s.value)):
@@ -1333,6 +1367,20 @@ def check_private(path: str) -> None:
             raise StorageError(
                 f"storage path '{path}' is writable by others (mode {st.st_mode & 0o777:o}); "
                 f"run: chmod 700 '{path}'")
+
+
+def _marker_seq(data: bytes, job_id: str) -> int | None:
+    """The enqueue sequence an id marker holds: its content, or its id's line in a table that a
+    bulk enqueue linked it to (`#` first, then `<seq> <id>` lines); None if it holds neither."""
+    if data.startswith(b"#"):
+        end = data.find(f" {job_id}\n".encode())  # ids hold no spaces: only its own line ends so
+        if end < 0:
+            return None
+        data = data[data.rfind(b"\n", 0, end) + 1:end]
+    try:
+        return int(data)
+    except ValueError:
+        return None
 
 
 def _parse_note(text: str) -> dict[str, Any]:
