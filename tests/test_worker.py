@@ -295,11 +295,11 @@ def test_a_steady_drain_reuses_its_files_instead_of_freeing_them(tmp_path, monke
     from queuectl.core.storage import get_storage
 
     monkeypatch.setattr(json_backend, "COUNT_FLUSH_INTERVAL", 3600)  # batches as big as a note allows
-    freed = []
-    monkeypatch.setattr(json_backend, "_unlink", lambda path: freed.append(path))
     store = get_storage(str(tmp_path / "data"))
     manager = QueueManager(store)
     manager.enqueue_many(json.dumps({"command": "true"}) for _ in range(200))
+    freed = []  # from here on: the enqueue removes the name of its id table (see _link_ids)
+    monkeypatch.setattr(json_backend, "_unlink", lambda path: freed.append(path))
     worker = Worker(manager, "worker-1")
     try:
         while worker.run_once():
