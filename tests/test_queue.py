@@ -35,6 +35,16 @@ def test_json_spec_sets_id_and_retries(manager):
         manager.enqueue('{"id":"job1","command":"true"}')
 
 
+def test_a_file_of_jobs_is_stored_whole_and_each_job_found_by_its_id(manager):
+    """`enqueue --file`, on every backend and on the JSON store's fallbacks (no syncfs: each file
+    is synced by name, the bulk id tables too)."""
+    import json
+    specs = [json.dumps({"id": f"f-{i}", "command": f"echo {i}"}) for i in range(5)]
+    assert [j.id for j in manager.enqueue_many(specs)] == [f"f-{i}" for i in range(5)]
+    assert manager.counts()[JobState.PENDING] == 5
+    assert [manager.storage.get(f"f-{i}").command for i in range(5)] == [f"echo {i}" for i in range(5)]
+
+
 @pytest.mark.parametrize("text", ["", "   ", "{bad json", '{"command": 1}', "a\x00b"])
 def test_bad_jobs_are_refused_and_nothing_is_stored(manager, text):
     with pytest.raises(ValidationError):

@@ -275,13 +275,10 @@ class JsonStorage(Storage):
             staged.append(path)
 
         try:
-            try:
-                self._link_ids(jobs, tables, markers)
-            finally:
-                for table in tables:  # the markers keep each table's content; the name can go
-                    _unlink(table)
+            self._link_ids(jobs, tables, markers)
             os.mkdir(folder, 0o700)
             _in_parallel(stage, jobs)
+            # the tables by name: where there is no syncfs, each file is synced through its name
             fs.sync_filesystem(self.root, staged + tables + [self._p("ids")])
         except BaseException as e:
             for path in markers:
@@ -290,6 +287,9 @@ class JsonStorage(Storage):
             if isinstance(e, OSError):
                 raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
             raise
+        finally:
+            for table in tables:  # the markers keep each table's content; the name can go
+                _unlink(table)
         self._count({JobState.PENDING: len(staged)})  # before the jobs can be claimed
         self.flush()
         _rename(folder, folder + ".commit")
