@@ -421,8 +421,34 @@ def test_a_bulk_enqueue_that_meets_a_taken_id_leaves_no_marker_behind(tmp_path):
         store.close()
 
 
+def test_jobs_of_a_bulk_enqueue_whose_results_were_lost_all_run_again(tmp_path):
+    """A worker died with three results written but not committed, and the results are gone
+    (a power cut): each job runs again, the last one of its id table too (found in review:
+    recovery read that one's id marker as naming another job, and removed the job)."""
+    path = _store(tmp_path, *({"id": f"j{i}", "command": "true"} for i in range(3)))
+
+    def work(m: QueueManager) -> None:
+        worker = Worker(m)
+        for _ in range(3):
+            worker.run_once()  # results written to spares, not committed (see _in_child)
+
+    assert _in_child(path, work) == 0
+    spares = [n for n in os.listdir(Path(path) / "tmp") if n.endswith(".spare")]
+    assert len(spares) == 3
+    for name in spares:
+        os.unlink(Path(path) / "tmp" / name)
+    store = get_storage(path)
+    try:
+        QueueManager(store).recover()
+        assert _folders(path) == {f"j{i}": ["pending"] for i in range(3)}
+        assert all(store.get(f"j{i}").attempts == 1 for i in range(3))  # the lost attempt counts
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("data, expected", [
     (b"42", 42), (b"42\n", 42), (b"#\n7 a\n8 b1\n9 xb1\n", 8), (b"#\n9 xb1\n8 b1\n", 8),
+    (b"#\n9 xb1\n8 b1", 8),
     (b"#\n7 a\n", None), (b"", None), (b"garbage", None), (b"#\nnot-a-number b1\n", None),
 ])
 def test_an_id_marker_gives_its_sequence(data, expected):

@@ -266,7 +266,6 @@ class JsonStorage(Storage):
         folder = self._p("tmp", f".batch-{self._own_cli_owner()}.{uuid.uuid4().hex[:12]}")
         markers: list[str] = []
         staged: list[str] = []
-        tables: list[str] = []
 
         def stage(job: Job) -> None:
             # named as in pending/, as a temp file (a reader of the store skips it until it moves)
@@ -275,11 +274,10 @@ class JsonStorage(Storage):
             staged.append(path)
 
         try:
-            self._link_ids(jobs, tables, markers)
+            anchors = self._link_ids(jobs, markers)
             os.mkdir(folder, 0o700)
             _in_parallel(stage, jobs)
-            # the tables by name: where there is no syncfs, each file is synced through its name
-            fs.sync_filesystem(self.root, staged + tables + [self._p("ids")])
+            fs.sync_filesystem(self.root, staged + anchors + [self._p("ids")])
         except BaseException as e:
             for path in markers:
                 _unlink(path)
@@ -287,9 +285,6 @@ class JsonStorage(Storage):
             if isinstance(e, OSError):
                 raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
             raise
-        finally:
-            for table in tables:  # the markers keep each table's content; the name can go
-                _unlink(table)
         self._count({JobState.PENDING: len(staged)})  # before the jobs can be claimed
         self.flush()
         _rename(folder, folder + ".commit")
@@ -337,33 +332,45 @@ class JsonStorage(Storage):
             if name.startswith(".batch-") and name.endswith(".commit"):
                 self._move_batch(self._p("tmp", name))
 
-    def _link_ids(self, jobs: list[Job], tables: list[str], markers: list[str]) -> None:
+    def _link_ids(self, jobs: list[Job], markers: list[str]) -> list[str]:
         """Claims the ids of a bulk enqueue as hard links to shared tables of `<seq> <id>` lines.
 
         A link makes a name but no inode. Creating a marker file per job allocated an inode and
         a block, as costly as the job's own file, and on ext4 without a journal, shortly after
         mass deletions, far more (see `_spare_file`). A link fails like O_EXCL on a taken id;
         where links are refused (no hard links, too many to one file), a marker file is made.
+        A table's own name goes as soon as its links are made (the sweep of tmp/ may take it
+        from a long enqueue anyway). Returns what a system without syncfs must sync: one marker
+        of each table (the same inode) and every marker file made.
         """
+        anchors: list[str] = []
         linkable = True
         for start in range(0, len(jobs), TABLE_JOBS):
             chunk = jobs[start:start + TABLE_JOBS]
             table = self._p("tmp", f".ids-{uuid.uuid4().hex[:12]}.tmp")
-            fs.write_private(table, b"#\n" + "".join(f"{job.seq} {job.id}\n" for job in chunk).encode())
-            tables.append(table)
-            for job in chunk:
-                marker = self._p("ids", job.id)
-                if linkable:
-                    try:
-                        os.link(table, marker)
-                        markers.append(marker)
-                        continue
-                    except FileExistsError:
-                        pass
-                    except OSError:
-                        linkable = False
-                self._mark_id(marker, job)
-                markers.append(marker)
+            try:
+                fs.write_private(table, b"#\n" + "".join(f"{job.seq} {job.id}\n" for job in chunk).encode())
+                anchored = False
+                for job in chunk:
+                    marker = self._p("ids", job.id)
+                    if linkable:
+                        try:
+                            os.link(table, marker)
+                            markers.append(marker)
+                            if not anchored:
+                                anchors.append(marker)
+                                anchored = True
+                            continue
+                        except FileExistsError:
+                            pass
+                        except OSError:
+                            linkable = False
+                    self._mark_id(marker, job)
+                    markers.append(marker)
+                    anchors.append(marker)
+            finally:
+                _unlink(table)
+        return anchors
 
     def _mark_id(self, marker: str, job: Job) -> None:
         """Claims the id (O_EXCL) and records its enqueue sequence, which names finished files."""
@@ -970,12 +977,12 @@ class JsonStorage(Storage):
         purged, its id given to a new job). Otherwise the result was lost (a power cut) and the
         job runs again."""
         try:
-            marker = fs.read_file(self._p("ids", job.id)).strip()
+            marker = fs.read_file(self._p("ids", job.id))
         except FileNotFoundError:
             return True  # purged
         except OSError:
             return False
-        if marker and _marker_seq(marker, job.id) != job.seq:
+        if marker.strip() and _marker_seq(marker, job.id) != job.seq:
             return True  # the id now names another job
         tail = f"_{job.id}.json"
         if any(n.endswith(tail) and _id_of(n, s) == job.id for s in RUNNABLE for n in self._names(s.value)):
@@ -1373,6 +1380,8 @@ def _marker_seq(data: bytes, job_id: str) -> int | None:
     """The enqueue sequence an id marker holds: its content, or its id's line in a table that a
     bulk enqueue linked it to (`#` first, then `<seq> <id>` lines); None if it holds neither."""
     if data.startswith(b"#"):
+        if not data.endswith(b"\n"):
+            data += b"\n"  # stripped: the last line must still match
         end = data.find(f" {job_id}\n".encode())  # ids hold no spaces: only its own line ends so
         if end < 0:
             return None
