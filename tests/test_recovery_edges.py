@@ -421,6 +421,29 @@ def test_a_bulk_enqueue_that_meets_a_taken_id_leaves_no_marker_behind(tmp_path):
         store.close()
 
 
+def test_an_id_held_by_a_bulk_enqueue_still_claiming_ids_is_not_given_out_again(tmp_path):
+    """While one `enqueue --file` has linked its ids but not yet staged its jobs, another
+    enqueue of one of those ids must be refused, not take the marker for a stale one (found in
+    review: both stored a job under the same id). Once the first has died, the id is free."""
+    from queuectl.core.job import Job
+    path = str(tmp_path / "data")
+    first = get_storage(path)
+    jobs = [Job.new("true", 0, job_id=f"h-{i}") for i in range(3)]
+    batch = f".batch-{first._own_cli_owner()}.0123456789ab"  # as add_many names it
+    first._link_ids(jobs, [], batch)  # where a slow add_many is, before its batch folder exists
+    second = get_storage(path)
+    try:
+        with pytest.raises(DuplicateJobError):
+            QueueManager(second).enqueue_many([json.dumps({"id": "h-1", "command": "echo again"})])
+        with pytest.raises(DuplicateJobError):
+            QueueManager(second).enqueue(json.dumps({"id": "h-2", "command": "echo again"}))
+        first.close()  # the first enqueue is gone: its ids are stale
+        QueueManager(second).enqueue_many([json.dumps({"id": "h-1", "command": "echo again"})])
+        assert second.get("h-1").command == "echo again" and _folders(path) == {"h-1": ["pending"]}
+    finally:
+        second.close()
+
+
 def test_jobs_of_a_bulk_enqueue_whose_results_were_lost_all_run_again(tmp_path):
     """A worker died with three results written but not committed, and the results are gone
     (a power cut): each job runs again, the last one of its id table too (found in review:
@@ -448,7 +471,7 @@ def test_jobs_of_a_bulk_enqueue_whose_results_were_lost_all_run_again(tmp_path):
 
 @pytest.mark.parametrize("data, expected", [
     (b"42", 42), (b"42\n", 42), (b"#\n7 a\n8 b1\n9 xb1\n", 8), (b"#\n9 xb1\n8 b1\n", 8),
-    (b"#\n9 xb1\n8 b1", 8),
+    (b"#\n9 xb1\n8 b1", 8), (b"#.batch-cli-x.0123456789ab\n8 b1\n", 8),
     (b"#\n7 a\n", None), (b"", None), (b"garbage", None), (b"#\nnot-a-number b1\n", None),
 ])
 def test_an_id_marker_gives_its_sequence(data, expected):

@@ -274,7 +274,7 @@ class JsonStorage(Storage):
             staged.append(path)
 
         try:
-            anchors = self._link_ids(jobs, markers)
+            anchors = self._link_ids(jobs, markers, os.path.basename(folder))
             os.mkdir(folder, 0o700)
             _in_parallel(stage, jobs)
             fs.sync_filesystem(self.root, staged + anchors + [self._p("ids")])
@@ -314,6 +314,17 @@ class JsonStorage(Storage):
         owner = folder[len(".batch-"):].split(".")[0]
         return owner in self._owners or fs.probe_lock(self._p("owners", f"{owner}.lock"))[0]
 
+    def _held_by_live_batch(self, marker: str) -> bool:
+        """Whether an id marker is linked to the table of an `enqueue --file` still running: its
+        jobs are not in place yet (nor staged, while it is still claiming ids), but the id is taken."""
+        try:
+            with open(marker, "rb") as f:
+                head = f.read(256)
+        except OSError:
+            return False
+        name = head[1:head.find(b"\n")].decode("ascii", "replace") if head.startswith(b"#") else ""
+        return name.startswith(".batch-") and self._batch_alive(name)
+
     def _staged(self, job_id: str) -> bool:
         """Whether a live `enqueue --file` has this id in its batch (its marker is not stale)."""
         for folder in self._names_all("tmp"):
@@ -332,8 +343,10 @@ class JsonStorage(Storage):
             if name.startswith(".batch-") and name.endswith(".commit"):
                 self._move_batch(self._p("tmp", name))
 
-    def _link_ids(self, jobs: list[Job], markers: list[str]) -> list[str]:
-        """Claims the ids of a bulk enqueue as hard links to shared tables of `<seq> <id>` lines.
+    def _link_ids(self, jobs: list[Job], markers: list[str], batch: str) -> list[str]:
+        """Claims the ids of a bulk enqueue as hard links to shared tables of `<seq> <id>` lines,
+        each headed by the batch's name, so that another enqueue of one of these ids can tell
+        that a live batch holds it (see `_held_by_live_batch`).
 
         A link makes a name but no inode. Creating a marker file per job allocated an inode and
         a block, as costly as the job's own file, and on ext4 without a journal, shortly after
@@ -349,7 +362,8 @@ class JsonStorage(Storage):
             chunk = jobs[start:start + TABLE_JOBS]
             table = self._p("tmp", f".ids-{uuid.uuid4().hex[:12]}.tmp")
             try:
-                fs.write_private(table, b"#\n" + "".join(f"{job.seq} {job.id}\n" for job in chunk).encode())
+                fs.write_private(table, f"#{batch}\n".encode()
+                                 + "".join(f"{job.seq} {job.id}\n" for job in chunk).encode())
                 anchored = False
                 for job in chunk:
                     marker = self._p("ids", job.id)
@@ -385,7 +399,7 @@ class JsonStorage(Storage):
             os.close(fd)
         except FileExistsError:
             self.roll_forward()  # a batch a killed `enqueue --file` committed holds its ids
-            if self.get(job.id) is not None or self._staged(job.id):
+            if self.get(job.id) is not None or self._staged(job.id) or self._held_by_live_batch(marker):
                 raise DuplicateJobError(f"a job with id '{job.id}' already exists") from None
             fs.write_file(marker, str(job.seq).encode(), durable=False)
             # a marker left by an enqueue that died before its job file landed: reuse it
