@@ -1392,7 +1392,8 @@ def check_private(path: str) -> None:
 
 def _marker_seq(data: bytes, job_id: str) -> int | None:
     """The enqueue sequence an id marker holds: its content, or its id's line in a table that a
-    bulk enqueue linked it to (`#` first, then `<seq> <id>` lines); None if it holds neither."""
+    bulk enqueue linked it to (a `#<batch>` line, then `<seq> <id>` lines); None if it holds
+    neither."""
     if data.startswith(b"#"):
         if not data.endswith(b"\n"):
             data += b"\n"  # stripped: the last line must still match
