@@ -89,7 +89,8 @@ class QueueManager:
         given = {k: v for k, v in options.items() if v is not None}
         if max_retries is not None:
             given["max_retries"] = max_retries
-        spec.update(check_spec(given))
+        if given:  # `enqueue --file` gives none, and checks thousands of lines
+            spec.update(check_spec(given))
         if "run_at" in spec and "delay" in spec:
             raise ValidationError("give run_at or delay, not both")
         job = Job.new(spec["command"], spec.get("max_retries", self.config.max_retries),

@@ -73,8 +73,6 @@ PARSE_CACHE_MAX = 200_000
 ORPHAN_KILL_GRACE = 1.0
 # Longest a worker keeps count and metric changes before writing them (status lags this much).
 COUNT_FLUSH_INTERVAL = 0.05
-# Bulk writes of at least this many jobs use a second thread (see `_in_parallel`).
-PARALLEL_MIN = 200
 # Jobs per id table of a bulk enqueue (see `_link_ids`): a table is read whole by `get`, and
 # ext4 allows 65,000 links to one file.
 TABLE_JOBS = 1000
@@ -269,14 +267,17 @@ class JsonStorage(Storage):
 
         def stage(job: Job) -> None:
             # named as in pending/, as a temp file (a reader of the store skips it until it moves)
-            path = os.path.join(folder, f".{os.path.basename(self._path(job))}.tmp")
+            path = f"{folder}{os.sep}.{self._name(job)}.tmp"
             fs.write_private(path, job.to_json())
             staged.append(path)
 
         try:
             anchors = self._link_ids(jobs, markers, os.path.basename(folder))
             os.mkdir(folder, 0o700)
-            _in_parallel(stage, jobs)
+            # One thread: with two, file creation ran slower (they queue on the folder's lock and
+            # hand the GIL back and forth), 8,300-8,800 against 10,300-11,900 jobs/s.
+            for job in jobs:
+                stage(job)
             fs.sync_filesystem(self.root, staged + anchors + [self._p("ids")])
         except BaseException as e:
             for path in markers:
@@ -288,6 +289,10 @@ class JsonStorage(Storage):
         self._count({JobState.PENDING: len(staged)})  # before the jobs can be claimed
         self.flush()
         _rename(folder, folder + ".commit")
+        # The commit point must be on disk before any move that follows it: a file system that
+        # keeps no order between folders could otherwise keep some moves and lose the commit,
+        # and the sweep would discard the rest of the batch.
+        fs.fsync_dir(self._p("tmp"))
         self._move_batch(folder + ".commit")
         fs.sync_filesystem(self.root, [self._p("pending")])  # the moves, before we say "enqueued"
 
@@ -304,7 +309,8 @@ class JsonStorage(Storage):
                 pass  # another process is moving the same batch on
 
         names = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
-        _in_parallel(move, names)
+        for name in names:
+            move(name)
         _rmdir(folder)
         self._runnable_added()
         self.notify_work(len(names))
@@ -1449,35 +1455,6 @@ def _seq_of(name: str, state: JobState) -> int | None:
         return int(name.partition("_")[0])
     except ValueError:
         return None
-
-
-def _in_parallel(step: Callable[[Any], None], items: list[Any]) -> None:
-    """Runs `step` over many items in two threads: file creation spends most of its time in the
-    kernel, where the GIL is released, so the second core creates files too. The first error
-    stops both threads and is raised."""
-    if len(items) < PARALLEL_MIN:
-        for item in items:
-            step(item)
-        return
-    import threading
-
-    errors: list[BaseException] = []
-
-    def run(part: list[Any]) -> None:
-        try:
-            for item in part:
-                if errors:
-                    return
-                step(item)
-        except BaseException as e:  # handed to the caller's thread below
-            errors.append(e)
-
-    helper = threading.Thread(target=run, args=(items[1::2],))
-    helper.start()
-    run(items[0::2])
-    helper.join()
-    if errors:
-        raise errors[0]
 
 
 _spare_count = itertools.count(1)

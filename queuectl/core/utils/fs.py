@@ -15,6 +15,7 @@ from .faults import fault
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 # A lock file's note is rewritten in place at this fixed size (padded), never truncated.
 NOTE_SIZE = 1024
 # A note is read up to this many 64 KiB chunks (a sane bound for a corrupt, huge lock file).
@@ -75,7 +76,7 @@ def _syncfs():  # type: ignore[no-untyped-def]
 
 def write_private(path: str, data: bytes) -> None:
     """Writes a new file (O_EXCL, 0600) without fsync; the caller syncs a whole batch at once."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
+    fd = os.open(path, _NEW_FILE, FILE_MODE)
     try:
         _write_all(fd, data)
     finally:
