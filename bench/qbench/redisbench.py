@@ -79,6 +79,6 @@ def measure(drain_jobs: int, enqueue_repeat: int, bulk_jobs: int, pickup_samples
             "server": server_version(),
             "drain": drain.measure(drain_jobs, quick, raw, new_store=new_store),
             "enqueue": enqueue.single(enqueue_repeat, new_store=new_store, floor=False),
-            "bulk": enqueue.bulk(bulk_jobs, new_store=new_store),
+            "bulk": enqueue.bulk(bulk_jobs, new_store=new_store, floor=False),
             "pickup": pickup.measure(pickup_samples, new_store=new_store),
         }
