@@ -47,9 +47,9 @@ def bulk(jobs: int, new_store: NewStore = json_store, floor: bool = True) -> dic
         enqueue_specs(store, lines, tmp)
         seconds = time.perf_counter() - t0
         stored = pending_jobs(store)
+        if stored != jobs:
+            raise RuntimeError(f"bulk enqueue stored {stored} of {jobs} jobs")
         floor_rate = file_floor(tmp / "floor", jobs) if floor else None
-    if stored != jobs:
-        raise RuntimeError(f"bulk enqueue stored {stored} of {jobs} jobs")
     out = {"available": True, "jobs": jobs, "seconds": round(seconds, 3), "jobs_per_s": round(jobs / seconds, 1)}
     if floor_rate is not None:
         out.update(floor_files_per_s=floor_rate, ratio_to_floor=ratio(out["jobs_per_s"], floor_rate))

@@ -55,9 +55,10 @@ def all_done(redis, ids: list[str]) -> bool:
     from rq.job import Job
     from rq.registry import StartedJobRegistry
     queue = Queue(QUEUE, connection=redis)
-    if queue.count or StartedJobRegistry(queue=queue).count:
+    if queue.count or StartedJobRegistry(queue=queue).get_job_count(cleanup=False):
         return False
-    return all(j is not None and j.get_status() == "finished" for j in Job.fetch_many(ids, connection=redis))
+    jobs = Job.fetch_many(ids, connection=redis)  # statuses included: no round trip per job below
+    return all(j is not None and j.get_status(refresh=False) == "finished" for j in jobs)
 
 
 def run_workers(redis, ids: list[str], port: int, workers: int, workdir: Path, timeout: float) -> None:

@@ -67,7 +67,7 @@ def bulk_rows(r: dict) -> list[Row]:
     floor = ""
     if r.get("floor_files_per_s"):
         floor = (f"; file floor right after {num(r['floor_files_per_s'])} files/s (create, write, close;"
-                 f" one syncfs), ratio {num(r['ratio_to_floor'], 2)}")
+                 f" one syncfs), ratio {num(r.get('ratio_to_floor'), 2)}")
     return [("bulk enqueue (`enqueue --file`), jobs/s", "", "", "",
              f"{num(r['jobs_per_s'])} ({num(r['jobs'])} jobs in {num(r['seconds'], 2)} s, CLI start included{floor})")]
 

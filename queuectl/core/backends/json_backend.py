@@ -278,7 +278,7 @@ class JsonStorage(Storage):
             # hand the GIL back and forth), 8,300-8,800 against 10,300-11,900 jobs/s.
             for job in jobs:
                 stage(job)
-            fs.sync_filesystem(self.root, staged + anchors + [self._p("ids")])
+            fs.sync_filesystem(self.root, staged + anchors + [self._p("ids"), folder])
         except BaseException as e:
             for path in markers:
                 _unlink(path)
@@ -289,28 +289,29 @@ class JsonStorage(Storage):
         self._count({JobState.PENDING: len(staged)})  # before the jobs can be claimed
         self.flush()
         _rename(folder, folder + ".commit")
-        # The commit point must be on disk before any move that follows it: a file system that
-        # keeps no order between folders could otherwise keep some moves and lose the commit,
-        # and the sweep would discard the rest of the batch.
-        fs.fsync_dir(self._p("tmp"))
-        self._move_batch(folder + ".commit")
-        fs.sync_filesystem(self.root, [self._p("pending")])  # the moves, before we say "enqueued"
+        self._move_batch(folder + ".commit")  # durable when it returns
 
     def _move_batch(self, folder: str) -> None:
-        """Moves a committed batch's jobs into pending/ (those not there yet), then its folder."""
+        """Moves a committed batch's jobs into pending/ (those not there yet), then its folder.
+
+        Each step is on disk before the next, for file systems that keep no order between
+        folders: the commit (the `.commit` name) before the first move, or a power cut could
+        keep some moves and lose the commit, and the sweep would discard the rest of the batch;
+        the moves before the folder goes, or it could keep the removal and lose the moves.
+        """
         try:
             names = os.listdir(folder)
         except FileNotFoundError:
             return
-        def move(name: str) -> None:
+        names = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
+        if names:
+            fs.fsync_dir(os.path.dirname(folder))
+        for name in names:
             try:
                 _rename(os.path.join(folder, name), self._p("pending", name[1:-4]))
             except FileNotFoundError:
                 pass  # another process is moving the same batch on
-
-        names = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
-        for name in names:
-            move(name)
+        fs.fsync_dir(self._p("pending"))
         _rmdir(folder)
         self._runnable_added()
         self.notify_work(len(names))

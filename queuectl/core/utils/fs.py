@@ -91,6 +91,10 @@ def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        os.sync()  # a file system (some network and FUSE ones) that cannot sync a folder alone
     finally:
         os.close(fd)
 
