@@ -477,3 +477,60 @@ def test_jobs_of_a_bulk_enqueue_whose_results_were_lost_all_run_again(tmp_path):
 def test_an_id_marker_gives_its_sequence(data, expected):
     from queuectl.core.backends.json_backend import _marker_seq
     assert _marker_seq(data, "b1") == expected
+
+
+def test_each_step_of_a_batch_move_is_on_disk_before_the_next(tmp_path, monkeypatch):
+    """For file systems that keep no order between folders: the commit (the `.commit` name in
+    tmp/) is synced before the first job moves into pending/, and the moves are synced before
+    the batch's folder is removed, both when `enqueue --file` moves its own batch and when a
+    later call rolls a killed one forward."""
+    from queuectl.core.backends import json_backend
+    from queuectl.core.utils import fs
+
+    steps: list[str] = []
+    real_sync, real_rename, real_rmdir = fs.fsync_dir, json_backend._rename, json_backend._rmdir
+    monkeypatch.setattr(fs, "fsync_dir", lambda p: (steps.append("sync " + os.path.basename(p)), real_sync(p)))
+    monkeypatch.setattr(json_backend, "_rename", lambda a, b: (steps.append(
+        "move" if os.path.basename(os.path.dirname(b)) == "pending" else "rename"), real_rename(a, b)))
+    monkeypatch.setattr(json_backend, "_rmdir", lambda p: (steps.append("rmdir"), real_rmdir(p)))
+
+    path = _store(tmp_path, *({"id": f"j{i}", "command": "true"} for i in range(3)))
+    moves = [s for s in steps if s != "rename"]
+    assert moves == ["sync tmp", "move", "move", "move", "sync pending", "rmdir"], steps
+
+    # a batch committed by a process killed before its moves: the next `enqueue --file` rolls it on
+    tmp = Path(path) / "tmp"
+    folder = tmp / ".batch-cli-gone.0123456789ab.commit"
+    folder.mkdir()
+    store = get_storage(path)
+    try:
+        job = QueueManager(store).build_job(json.dumps({"id": "late", "command": "true"}))
+        (folder / f".{store._name(job)}.tmp").write_bytes(job.to_json())
+        steps.clear()
+        QueueManager(store).enqueue_many([json.dumps({"id": "next", "command": "true"})])
+        assert [s for s in steps if s != "rename"][:4] == ["sync tmp", "move", "sync pending", "rmdir"], steps
+        assert _folders(path)["late"] == ["pending"] and _folders(path)["next"] == ["pending"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("code, falls_back", [("EINVAL", True), ("EOPNOTSUPP", True), ("EIO", False)])
+def test_a_folder_sync_a_file_system_refuses_falls_back_to_sync(tmp_path, monkeypatch, code, falls_back):
+    import errno
+
+    from queuectl.core.utils import fs
+
+    synced: list[bool] = []
+
+    def refuse(_fd: int) -> None:
+        raise OSError(getattr(errno, code), "refused")
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    monkeypatch.setattr(os, "sync", lambda: synced.append(True))
+    if falls_back:
+        fs.fsync_dir(str(tmp_path))
+        assert synced == [True]
+    else:
+        with pytest.raises(OSError):
+            fs.fsync_dir(str(tmp_path))
+        assert synced == []
