@@ -534,3 +534,33 @@ def test_a_folder_sync_a_file_system_refuses_falls_back_to_sync(tmp_path, monkey
         with pytest.raises(OSError):
             fs.fsync_dir(str(tmp_path))
         assert synced == []
+
+
+def test_a_batch_that_fails_after_its_commit_says_so_and_is_moved_on_later(tmp_path, monkeypatch):
+    """Past the commit point the jobs are kept: the error says so (a blind rerun would store the
+    id-less ones twice), and the next `enqueue --file` moves them into the queue."""
+    import errno
+
+    from queuectl.core.errors import StorageError
+    from queuectl.core.utils import fs
+
+    path = _store(tmp_path, {"id": "first", "command": "true"})
+    real_sync = fs.fsync_dir
+
+    def failing(p: str) -> None:
+        if os.path.basename(p) == "pending":
+            raise OSError(errno.EIO, "I/O error")
+        real_sync(p)
+
+    monkeypatch.setattr(fs, "fsync_dir", failing)
+    store = get_storage(path)
+    try:
+        with pytest.raises(StorageError, match="committed"):
+            QueueManager(store).enqueue_many([json.dumps({"id": f"b{i}", "command": "true"}) for i in range(3)])
+        monkeypatch.setattr(fs, "fsync_dir", real_sync)
+        QueueManager(store).enqueue_many([json.dumps({"id": "after", "command": "true"})])
+        assert {i: f for i, f in _folders(path).items()} == {
+            i: ["pending"] for i in ("first", "b0", "b1", "b2", "after")}
+        assert not [n for n in os.listdir(Path(path) / "tmp") if n.startswith(".batch-")]
+    finally:
+        store.close()
