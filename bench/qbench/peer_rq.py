@@ -63,9 +63,9 @@ def all_done(redis, ids: list[str]) -> bool:
 
 def run_workers(redis, ids: list[str], port: int, workers: int, workdir: Path, timeout: float) -> None:
     """Runs burst workers until they exit, or until every job is done and EXIT_GRACE has passed:
-    an rq 3.0 burst worker sometimes waits a minute at exit for its pub/sub thread (seen here in
-    about one run in three), which would only make the benchmark longer (jobs are timed from
-    what rq recorded)."""
+    an rq 3.0 burst worker sometimes stays up about a minute after logging that it is quitting
+    (seen here in about one run in three), which would only make the benchmark longer (jobs are
+    timed from what rq recorded)."""
     rq = str(Path(sys.executable).parent / "rq")
     args = [rq, "worker", "--burst", "-w", "rq.worker.SimpleWorker", "-u", f"redis://127.0.0.1:{port}",
             "-P", str(workdir), QUEUE]
