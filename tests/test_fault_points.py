@@ -10,7 +10,8 @@ the point, each time on a fresh copy of the same store, so every reachable step 
   command run again: in test_fault_points_cli.py;
 - here, in a forked child that calls QueueManager directly, several at a time: the same operations
   (and `dlq purge`) over 1 to WIDTH jobs, as `--all` or several ids go through them one by one,
-  a worker recording a result, and `start`'s recovery after dead workers: thousands of kills.
+  a worker recording a result (also one that holds a result while it starts the next job), and
+  `start`'s recovery after dead workers: thousands of kills.
 
 After each kill: every file parses, nothing is set aside or left where a job file belongs, no job
 is in two folders, the store loads, what the operation reported (an id, a count) is stored, and
@@ -381,6 +382,32 @@ class WorkerRuns(Op):
         _ran_once_per_death(view, case.marker, "work")
 
 
+class WorkerHolds(WorkerRuns):
+    """A worker runs `work`, holds its result while it starts `mid` (see `Storage.hold_result`),
+    writes it, holds `mid`'s, writes that and stops."""
+
+    def run(self, m):
+        worker = Worker(m)
+        worker.run_once(hold=True)
+        worker.run_once(hold=True)
+        worker.record_held()
+        worker.unregister()
+        return ["work", "mid"]
+
+    def after_kill(self, case, view, reported):
+        assert not reported or (view["work"][0], view["mid"][0]) == ("completed", "completed")
+        assert max(marker_counts(case.marker)[i] for i in ("work", "mid")) <= 1
+
+    def follow(self, m, view):
+        m.prepare_start()
+        _drain(m, lambda: _state(m, "work") == "completed" and _state(m, "mid") == "completed")
+        return []
+
+    def final(self, case, view):
+        _ran_once_per_death(view, case.marker, "work")
+        _ran_once_per_death(view, case.marker, "mid")
+
+
 class Recover(Op):
     """`start`'s housekeeping over two dead workers: one died with its result for `work`
     written and synced, one right after writing its result for `mid`."""
@@ -413,7 +440,7 @@ def _fork_ops() -> list[Op]:
         return m.cancel(i)
 
     ops: list[Op] = [Enqueue("enqueue", ["new"]), ConfigSet("config set", []), WorkerRuns("worker", []),
-                     Recover("recover", [])]
+                     WorkerHolds("worker, results held", []), Recover("recover", [])]
     for k in range(1, WIDTH + 1):
         ops += [Enqueue(f"enqueue --file x{k}", [f"b-{i:02d}" for i in range(k)]),
                 MoveJobs(f"dlq retry x{k}", DEAD[:k], retry, "dead", "pending"),

@@ -160,6 +160,57 @@ def test_recover_hands_back_only_jobs_of_dead_owners(storage):
     assert storage.recover(decide) == []
 
 
+def test_a_held_result_is_recovered_as_completed_and_a_running_attempt_as_cut_short(storage):
+    """`hold_result`: a worker that died after its job ended well, before writing the result,
+    left a job that `recover` hands to `completed` (with the attempt and end it held), while the
+    attempt it had started next goes to `decide`."""
+    storage.register_owner("doomed")
+    for job_id in ("a", "b"):
+        storage.add(make(job_id=job_id))
+
+    def start(job_id: str) -> Job:
+        job = storage.claim("doomed", time.time())
+        assert job.id == job_id
+        started = job.evolve(attempts=1, started_at="2026-01-01T00:00:00.000Z")
+        storage.update(job, started)
+        return started
+
+    a = start("a")
+    if not storage.hold_result("doomed", a, 1767225601.5):
+        pytest.skip("this backend holds no result: its workers record each one at once")
+    start("b")
+    storage.unregister_owner("doomed")  # what a crash does to a registration
+    seen: dict[str, object] = {}
+
+    def decide(job: Job) -> Job:
+        seen[job.id] = "decide"
+        return job.evolve(state=JobState.PENDING, worker_id=None)
+
+    def completed(job: Job, finished: float) -> Job:
+        seen[job.id] = ("completed", job.attempts, job.started_at, finished)
+        return job.evolve(state=JobState.COMPLETED, finished_at="2026-01-01T00:00:01.500Z")
+
+    recovered = storage.recover(decide, completed)
+    assert seen == {"a": ("completed", 1, "2026-01-01T00:00:00.000Z", 1767225601.5), "b": "decide"}
+    assert sorted((j.id, j.state) for j in recovered) == [("a", JobState.COMPLETED), ("b", JobState.PENDING)]
+    assert storage.get("a").state is JobState.COMPLETED and storage.get("a").attempts == 1
+    assert storage.recover(decide, completed) == []
+
+
+def test_a_held_result_once_stored_is_not_recovered_again(storage):
+    storage.register_owner("w")
+    storage.add(make(job_id="a"))
+    job = storage.claim("w", time.time())
+    started = job.evolve(attempts=1, started_at="2026-01-01T00:00:00.000Z")
+    storage.update(job, started)
+    if not storage.hold_result("w", started, 1767225601.5):
+        pytest.skip("this backend holds no result: its workers record each one at once")
+    storage.update(started, started.evolve(state=JobState.COMPLETED, finished_at="2026-01-01T00:00:01.500Z"))
+    storage.unregister_owner("w")
+    assert storage.recover(lambda j: pytest.fail("decide"), lambda j, f: pytest.fail("completed")) == []
+    assert storage.get("a").state is JobState.COMPLETED
+
+
 def test_config_round_trips(storage):
     storage.save_config({"max_retries": 5})
     assert storage.load_config() == {"max_retries": 5}

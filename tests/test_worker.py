@@ -11,6 +11,7 @@ import pytest
 
 from queuectl.core.job import JobState
 from queuectl.core.queue import QueueManager
+from queuectl.core.storage import Storage
 from queuectl.core.utils.proc import group_alive
 from queuectl.core.worker import Worker
 
@@ -191,6 +192,60 @@ def test_many_results_of_a_killed_worker_are_all_committed_by_recovery(tmp_path)
         assert sorted(marker.read_text().split()) == [f"j{i:02d}" for i in range(30)]  # none ran twice
     finally:
         store.close()
+
+
+def test_a_held_result_is_written_once_the_next_command_has_started(worker, manager, tmp_path):
+    """run_once(hold=True): a job that ended well is recorded while the next command runs;
+    with nothing left to run, at once."""
+    gate = tmp_path / "gate"
+    first = manager.enqueue("true", priority=5)
+    second = manager.enqueue(f"while [ ! -e {gate} ]; do sleep 0.01; done")
+    holds = type(manager.storage).hold_result is not Storage.hold_result
+    assert worker.run_once(hold=True) is True
+    assert manager.storage.get(first.id).state is (JobState.PROCESSING if holds else JobState.COMPLETED)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (worker.run_once(hold=True), done.set()))
+    thread.start()
+    try:
+        # the second command waits for the gate: by now the first result is written
+        wait_for(lambda: manager.storage.get(second.id).state is JobState.PROCESSING and
+                 manager.storage.get(first.id).state is JobState.COMPLETED, timeout=10)
+        assert not done.is_set()
+    finally:
+        gate.touch()
+        thread.join(10)
+    first_done = manager.storage.get(first.id)
+    assert first_done.attempts == 1 and first_done.history[-1]["exit_code"] == 0
+    if holds:  # the second one is held now
+        assert manager.storage.get(second.id).state is JobState.PROCESSING
+        assert worker.run_once(hold=True) is False  # nothing left: written at once
+    assert manager.storage.get(second.id).state is JobState.COMPLETED
+
+
+def test_only_successes_are_held_and_a_failure_is_recorded_at_once(worker, manager):
+    bad = manager.enqueue("exit 3", max_retries=0)
+    assert worker.run_once(hold=True) is True
+    assert manager.storage.get(bad.id).state is JobState.DEAD
+
+
+def test_a_held_result_is_recorded_when_run_stops(worker, manager):
+    job = manager.enqueue("true")
+    stop = threading.Event()
+    worker.stop_event = stop
+    seen = []
+    original = worker.run_once
+
+    def once(hold: bool = False) -> bool:
+        ran = original(hold=hold)
+        if ran:
+            seen.append(manager.storage.get(job.id).state)
+            stop.set()  # stop right after the job ran, its result still held if the backend holds
+        return ran
+
+    worker.run_once = once  # type: ignore[method-assign]
+    worker.run()
+    assert manager.storage.get(job.id).state is JobState.COMPLETED
+    assert seen and seen[0] in (JobState.PROCESSING, JobState.COMPLETED)
 
 
 def test_output_lands_in_the_attempts_files(worker, manager):

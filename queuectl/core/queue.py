@@ -271,6 +271,16 @@ class QueueManager:
 
     def finish(self, job: Job, outcome: Outcome) -> Job:
         """Records an attempt's end: completed, failed (with its due time) or dead."""
+        new = self.result(job, outcome)
+        self.storage.update(job, new)
+        if new.state in (JobState.COMPLETED, JobState.DEAD) and self.storage.dependants(job.id):
+            self.storage.flush()  # the result must be visible before the waiting jobs look at it
+            self._settle_dependants(job.id)
+        return new
+
+    def result(self, job: Job, outcome: Outcome) -> Job:
+        """What a job becomes after an attempt ended with `outcome`: completed, failed (with its
+        due time) or dead."""
         entry = _attempt_entry(job, outcome)
         history = (job.history + [entry])[-MAX_HISTORY:]
         common: dict[str, Any] = {"finished_at": entry["finished_at"], "updated_at": entry["finished_at"],
@@ -286,11 +296,17 @@ class QueueManager:
             delay = backoff_delay(job.attempts, cfg.backoff_base, cfg.backoff_max)
             new = job.evolve(state=JobState.FAILED, last_error=outcome.error,
                              due_at=time.time() + delay, **common)
-        self.storage.update(job, new)
-        if new.state in (JobState.COMPLETED, JobState.DEAD) and self.storage.dependants(job.id):
-            self.storage.flush()  # the result must be visible before the waiting jobs look at it
-            self._settle_dependants(job.id)
         return new
+
+    def completed_rule(self, job: Job, finished: float) -> Job:
+        """A worker died after this job's attempt ended well, before it wrote the result (it
+        held it, see `Storage.hold_result`): the job is completed, as the worker would have
+        recorded it."""
+        try:
+            started = parse_iso(job.started_at) if job.started_at else 0.0
+        except ValueError:
+            started = 0.0
+        return self.result(job, Outcome(exit_code=0, started=started, finished=finished))
 
     # -- dependencies --------------------------------------------------------------------
     def _settle_dependants(self, job_id: str) -> None:
@@ -350,11 +366,11 @@ class QueueManager:
         `quiet` logs at info level: a CLI command that tidies up before its own work keeps its
         stderr for its own error.
         """
-        recovered = self.storage.recover(self.orphan_rule)
+        recovered = self.storage.recover(self.orphan_rule, self.completed_rule)
         for job in recovered:
             (log.info if quiet else log.warning)("Recovered job %s from a dead process: now %s",
                                                  job.id, job.state.value)
-            if job.state is JobState.DEAD:
+            if job.state in (JobState.COMPLETED, JobState.DEAD):  # a held result is completed
                 self._settle_dependants(job.id)
         return recovered
 

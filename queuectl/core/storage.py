@@ -123,12 +123,24 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    def recover(self, decide: Callable[[Job], Job]) -> list[Job]:
+    def recover(self, decide: Callable[[Job], Job],
+                completed: Callable[[Job, float], Job] | None = None) -> list[Job]:
         """Hands every job whose owner died to `decide` and stores what it returns.
 
-        Only jobs whose owner is certainly gone are touched. Returns the stored results; [] when
-        there is nothing to recover.
+        A job whose successful end its owner held (see `hold_result`) goes to `completed` with
+        the time it ended instead, when `completed` is given. Only jobs whose owner is certainly
+        gone are touched. Returns the stored results; [] when there is nothing to recover.
         """
+
+    def hold_result(self, owner: str, job: Job, finished: float) -> bool:
+        """Whether `owner` may record `job`'s successful attempt (ended at `finished`) later.
+
+        A worker asks so that it can start its next command before writing this result. From
+        here until `update` stores the job's result, whatever the backend keeps for `recover`
+        about `owner` says that `job` ended well, so a worker that dies meanwhile neither runs it
+        again nor loses it. False (this default): the backend cannot; record the result now.
+        """
+        return False
 
     def begin_batching(self) -> None:
         """Lets the backend buffer its bookkeeping (counts, metrics) briefly; a worker's choice."""

@@ -114,6 +114,7 @@ class JsonStorage(Storage):
         self._gen: int | None = None  # counts.json generation when this buffer began
         self._notes: dict[str, dict[str, Any]] = {}
         self._done_json: dict[str, str] = {}  # per owner, see `_note`
+        self._held: dict[str, dict[str, list[Any]]] = {}  # per owner, see `hold_result`
         self._stale_notes: set[str] = set()  # owners whose written note names an ended command
 
     # -- paths ---------------------------------------------------------------------------
@@ -745,6 +746,8 @@ class JsonStorage(Storage):
             if mine and self._batching and new.state is not JobState.PROCESSING:
                 self._queue_commit(src, old, new)
                 return
+            if mine and new.state is not JobState.PROCESSING:
+                self._held.get(old.worker_id or "", {}).pop(old.id, None)
         else:
             src = self._grab(old)
         final = new.state is not JobState.PROCESSING
@@ -792,7 +795,12 @@ class JsonStorage(Storage):
         entry = [old.attempts, tag, old.started_at]
         if new.state in RUNNABLE:
             entry.append(self._name(new))
-        self._note(owner, done_add=(old.id, entry), job=None)
+        held = self._held.get(owner)
+        if held and held.pop(old.id, None) is not None and self._notes.get(owner, {}).get("job") != old.id:
+            # a held result (see `hold_result`): the note names the next attempt, which runs
+            self._note(owner, done_add=(old.id, entry))
+        else:
+            self._note(owner, done_add=(old.id, entry), job=None)
         if time.monotonic() - self._flushed_at >= COUNT_FLUSH_INTERVAL or \
                 len(self._done_json.get(owner, "")) > NOTE_DONE_MAX:
             self.flush()
@@ -887,7 +895,8 @@ class JsonStorage(Storage):
         self._count({job.state: -1})
 
     # -- recovery ------------------------------------------------------------------------
-    def recover(self, decide: Callable[[Job], Job]) -> list[Job]:
+    def recover(self, decide: Callable[[Job], Job],
+                completed: Callable[[Job, float], Job] | None = None) -> list[Job]:
         if not self.exists():
             return []
         self.roll_forward()
@@ -915,7 +924,7 @@ class JsonStorage(Storage):
                 names = [n for n in self._names("processing") if n.partition("__")[0] == owner and n.endswith(".json")]
                 for name in names:
                     try:
-                        job = self._recover_one(name, decide, note)
+                        job = self._recover_one(name, decide, note, completed)
                     except QueuectlError as e:  # one bad file must not hold up every other one
                         log.warning("Cannot recover %s yet: %s", name, e)
                         stuck = True
@@ -943,7 +952,8 @@ class JsonStorage(Storage):
             log.warning("Ending process group %s left running by dead worker %s", pgid, owner)
             kill_group(pgid, ORPHAN_KILL_GRACE)
 
-    def _recover_one(self, name: str, decide: Callable[[Job], Job], note: dict[str, Any]) -> Job | None:
+    def _recover_one(self, name: str, decide: Callable[[Job], Job], note: dict[str, Any],
+                     completed: Callable[[Job, float], Job] | None = None) -> Job | None:
         path = self._p("processing", name)
         owner = name.partition("__")[0]
         try:
@@ -984,6 +994,12 @@ class JsonStorage(Storage):
             job.attempts, job.finished_at = int(attempt or job.attempts + 1), None
             job.started_at = started or job.started_at or job.updated_at
             written_state = JobState.PROCESSING  # it ran, but its result is lost: the attempt counts
+        elif (ended := _ended_entry(note, job.id)) and written_state is not JobState.PROCESSING and completed:
+            # it ended well and the worker had started its next command before writing the result
+            job.attempts, job.started_at, job.finished_at = ended[0], ended[1], None
+            new = completed(job, ended[2])
+            self.update(job, new)
+            return new
         elif note.get("job") == job.id and written_state is not JobState.PROCESSING:
             job.attempts, job.started_at = int(note.get("attempt") or job.attempts + 1), note.get("started_at")
             job.finished_at = None
@@ -1122,10 +1138,20 @@ class JsonStorage(Storage):
         self._notes.pop(owner, None)
         self._stale_notes.discard(owner)
         self._done_json.pop(owner, None)
+        self._held.pop(owner, None)
         if lock is not None:
             # a lock file that still explains a job in processing/ stays for `recover` to read
             holds_jobs = any(n.startswith(f"{owner}__") for n in self._names("processing"))
             lock.release(remove=not holds_jobs)
+
+    def hold_result(self, owner: str, job: Job, finished: float) -> bool:
+        """The owner's note lists the job as "ended" (its attempt, start and end) from now until
+        `_queue_commit` moves it to "done"; `recover` records such a job completed."""
+        if owner not in self._owners:
+            return False
+        self._held.setdefault(owner, {})[job.id] = [job.attempts, job.started_at, round(finished, 6)]
+        self._note(owner)
+        return True
 
     def note_running(self, owner: str, pgid: int | None) -> None:
         if pgid:
@@ -1162,7 +1188,12 @@ class JsonStorage(Storage):
         self._done_json[owner] = done
         self._stale_notes.discard(owner)
         head = "".join([f'"{k}": {_json_value(v)}, ' for k, v in note.items()])  # keys are ours: plain
+        held = self._held.get(owner)
+        if held:
+            head += '"ended": {' + ", ".join(
+                f"{_json_value(i)}: [{', '.join(map(_json_value, e))}]" for i, e in held.items()) + "}, "
         lock.note("{" + head + '"done": ' + done + "}")
+        fault("note.written")
 
     def register_manager(self, info: ManagerInfo) -> None:
         self._ensure()
@@ -1346,6 +1377,8 @@ class JsonStorage(Storage):
             job.attempts = int(note["attempt"])
             job.started_at = note.get("started_at")
             job.finished_at = None
+        elif ended := _ended_entry(note, job.id):  # ended, its result not written yet
+            job.attempts, job.started_at, job.finished_at = ended[0], ended[1], None
 
     def _write(self, path: str, data: bytes, durable: bool = True, sync_dir: bool = True) -> None:
         try:
@@ -1425,6 +1458,20 @@ def _parse_note(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return note if isinstance(note, dict) else {}
+
+
+def _ended_entry(note: dict[str, Any], job_id: str) -> tuple[int, str | None, float] | None:
+    """A held result's entry in an owner's note (see `hold_result`): (attempt, started_at, ended
+    at); None if the note has none for this job or it is malformed."""
+    ended = note.get("ended")
+    entry = ended.get(job_id) if isinstance(ended, dict) else None
+    if not isinstance(entry, list) or len(entry) < 3:
+        return None
+    attempt, started, finished = entry[:3]
+    if type(attempt) is not int or attempt < 1 or not isinstance(started, (str, type(None))) or \
+            type(finished) not in (int, float):
+        return None
+    return attempt, started, float(finished)
 
 
 def _parse_runnable(name: str) -> tuple[int, int, int, str] | None:

@@ -26,6 +26,7 @@ class MemoryStorage(Storage):
         self._unique: dict[str, str] = {}
         self._deps: dict[str, set[str]] = {}
         self._cancels: set[str] = set()
+        self._held: dict[str, dict[str, float]] = {}  # owner -> {job id: when it ended}
         self._next_start = 0.0
         self._metrics = metrics.empty()
         self._wake = threading.Condition(self._lock)
@@ -92,18 +93,29 @@ class MemoryStorage(Storage):
                 raise ConflictError(f"job {old.id} changed while we worked on it")
             self._jobs[old.id] = copy.deepcopy(new)
             metrics.apply(self._metrics, old, new, time.time())
+            if old.state is JobState.PROCESSING and new.state is not JobState.PROCESSING:
+                self._held.get(old.worker_id or "", {}).pop(old.id, None)
         if new.state.runnable:
             self.notify_work()
 
-    def recover(self, decide: Callable[[Job], Job]) -> list[Job]:
+    def hold_result(self, owner: str, job: Job, finished: float) -> bool:
+        with self._lock:
+            self._held.setdefault(owner, {})[job.id] = finished
+        return True
+
+    def recover(self, decide: Callable[[Job], Job],
+                completed: Callable[[Job, float], Job] | None = None) -> list[Job]:
         with self._lock:
             orphans = [copy.deepcopy(j) for j in self._jobs.values()
                        if j.state is JobState.PROCESSING and j.worker_id not in self._owners]
             results = []
             for job in orphans:
-                new = decide(job)
+                ended = self._held.get(job.worker_id or "", {}).get(job.id)
+                new = completed(job, ended) if ended is not None and completed else decide(job)
                 self.update(job, new)
                 results.append(new)
+            for owner in [o for o in self._held if o not in self._owners]:
+                del self._held[owner]
             return results
 
     def register_owner(self, owner: str) -> None:

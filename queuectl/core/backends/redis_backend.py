@@ -763,9 +763,11 @@ class RedisStorage(Storage):
                     pass
 
     # -- recovery ------------------------------------------------------------------------
-    def recover(self, decide: Callable[[Job], Job]) -> list[Job]:
+    def recover(self, decide: Callable[[Job], Job],
+                completed: Callable[[Job, float], Job] | None = None) -> list[Job]:
         """Jobs of owners whose lease is gone, each moved by a compare-and-set that also checks,
         in the same script, that the lease is still gone: of several recoverers one wins a job.
+        (`completed` goes unused: this backend holds no result, see `Storage.hold_result`.)
 
         During an outage, or in the first seconds after Redis restarted (one lease, at least 4 s:
         live workers have not yet renewed leases that expired while it was down), nothing is

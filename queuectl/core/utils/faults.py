@@ -29,6 +29,8 @@ same kind of step may call one too):
     rename.done           the JSON backend: a job file was just moved (a claim, a commit, a
                           result's rename, a recycled file), the next step not yet taken
     counts.written        the JSON backend: counts.json was just overwritten in place
+    note.written          the JSON backend: a worker's lock note (its attempt, its process
+                          group, its results not committed yet) was just rewritten
 
 `arm` sets or clears the fault inside a running process (a test's forked child).
 """
@@ -38,7 +40,8 @@ import os
 
 ENV = "QUEUECTL_FAULT"
 POINTS = ("write.before_fsync", "write.before_replace", "write.after_replace", "stage.written",
-          "sync.after", "lock.held", "mutex.held", "rename.done", "counts.written")
+          "sync.after", "lock.held", "mutex.held", "rename.done", "counts.written",
+          "note.written")
 
 _target: tuple[str, int, str | None] | None = None
 _hits = 0
