@@ -172,6 +172,7 @@ def _ran_once_per_death(view: dict, marker: Path, job_id: str) -> None:
     assert state == "completed", (job_id, state, job.get("history"))
     runs = marker_counts(marker)[job_id]
     assert 1 <= runs <= 1 + _deaths(job), (job_id, runs, job["history"])
+    assert sum(1 for h in job["history"] if h.get("exit_code") == 0) == 1, (job_id, job["history"])
 
 
 # -- the forked variant ------------------------------------------------------------------------
@@ -410,9 +411,14 @@ class WorkerHolds(WorkerRuns):
 
 class Recover(Op):
     """`start`'s housekeeping over two dead workers: one died with its result for `work`
-    written and synced, one right after writing its result for `mid`."""
+    written and synced, one right after writing its result for `mid` (template "orphans"); or
+    over one that held the result of `work` while it started `mid` ("held orphans")."""
 
     template = "orphans"
+
+    def __init__(self, name: str, ids: list[str], template: str = "orphans"):
+        super().__init__(name, ids)
+        self.template = template
     follow_in_child = True
 
     def run(self, m):
@@ -440,7 +446,8 @@ def _fork_ops() -> list[Op]:
         return m.cancel(i)
 
     ops: list[Op] = [Enqueue("enqueue", ["new"]), ConfigSet("config set", []), WorkerRuns("worker", []),
-                     WorkerHolds("worker, results held", []), Recover("recover", [])]
+                     WorkerHolds("worker, results held", []), Recover("recover", []),
+                     Recover("recover, a result held", [], "held orphans")]
     for k in range(1, WIDTH + 1):
         ops += [Enqueue(f"enqueue --file x{k}", [f"b-{i:02d}" for i in range(k)]),
                 MoveJobs(f"dlq retry x{k}", DEAD[:k], retry, "dead", "pending"),
@@ -526,11 +533,30 @@ def _orphans(template: Path, dst: Path) -> Path:
     return dst
 
 
+def _held_orphans(template: Path, dst: Path) -> Path:
+    """The template after a worker died holding the result of `work` (see `Storage.hold_result`),
+    once it had noted the start of `mid`."""
+    _clone(template, dst)
+    spec = f"note.written:{HELD_NOTE}"
+    _pid, status = os.waitpid(_child(Case("setup", spec, 1, dst), spec, WorkerHolds("", []).run), 0)
+    assert os.WIFSIGNALED(status), f"the worker was not killed at {spec}: {_output(Case('', '', 1, dst))}"
+    view = _view(dst / "data")
+    assert [view[i][0] for i in ("work", "mid")] == ["processing"] * 2
+    note = json.loads(next((dst / "data" / "owners").glob("*.lock")).read_text())
+    assert note["job"] == "mid" and list(note["ended"]) == ["work"], note
+    return dst
+
+
+# The worker's notes: `work` starts, its group, its result held; then `mid` starts (this one).
+HELD_NOTE = 4
+
+
 @pytest.mark.slow
 def test_forked_operations_killed_at_every_fault_point(scratch, unarmed):
     began = time.monotonic()
     queue = _build_template(scratch / "queue", 0, 0, work=True)
     templates = {"queue": queue, "orphans": _orphans(queue, scratch / "orphans"),
+                 "held orphans": _held_orphans(queue, scratch / "held-orphans"),
                  "dlq": _build_template(scratch / "dlq", WIDTH, 0, work=False),
                  "pending": _build_template(scratch / "pending", 0, WIDTH, work=False)}
     tally: Counter = Counter()

@@ -564,3 +564,47 @@ def test_a_batch_that_fails_after_its_commit_says_so_and_is_moved_on_later(tmp_p
         assert not [n for n in os.listdir(Path(path) / "tmp") if n.startswith(".batch-")]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("entry, recorded", [
+    pytest.param(None, True, id="as written"),
+    pytest.param([1, "2026-01-01T00:00:00.000Z", 1e300], False, id="end past any date"),
+    pytest.param([1, "2026-01-01T00:00:00.000Z", float("nan")], False, id="end not a number"),
+    pytest.param([1, "yesterday", 1767225601.5], False, id="start not a time"),
+    pytest.param([0, "2026-01-01T00:00:00.000Z", 1767225601.5], False, id="attempt zero"),
+    pytest.param("ok", False, id="not a list"),
+])
+def test_a_held_result_is_recovered_from_the_note_and_a_damaged_entry_is_ignored(tmp_path, entry, recorded):
+    """A worker that held `a`'s result (see `Storage.hold_result`) and died as `b` started:
+    recovery records `a` completed from the note, and only once. A damaged entry is not taken
+    for a time (json.loads reads NaN and 1e300 as floats); recovery then goes on without it."""
+    marker = tmp_path / "marker"
+    path = _store(tmp_path, {"id": "a", "command": f"echo a >> {marker}", "priority": 5},
+                  {"id": "b", "command": f"echo b >> {marker}; sleep 30"})
+
+    def work(manager: QueueManager) -> None:
+        worker = Worker(manager, "worker-1")
+        worker.run_once(hold=True)
+        worker.register()
+        manager.storage.claim(worker.owner, 0.0)  # `b` is taken, nothing is recorded of it yet
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    assert os.WIFSIGNALED(_in_child(path, work))
+    [lock] = (Path(path) / "owners").glob("*.lock")
+    note = json.loads(lock.read_text())
+    assert list(note["ended"]) == ["a"]
+    if entry is not None:
+        note["ended"]["a"] = entry
+        lock.write_text(json.dumps(note))
+    QueueManager(get_storage(path)).recover()
+    folders = _folders(path)
+    assert folders["b"] == ["pending"]
+    if recorded:
+        job = json.loads(next((Path(path) / "completed").glob("*_a.json")).read_bytes())
+        assert job["attempts"] == 1 and [h["exit_code"] for h in job["history"]] == [0]
+        assert job["history"][0]["finished_at"] == job["finished_at"]
+    else:  # the note still names `a`'s attempt: cut short, as if the worker died while it ran
+        assert folders["a"] == ["pending"]
+        job = json.loads(next((Path(path) / "pending").glob("*_a.json")).read_bytes())
+        assert [h["error"] for h in job["history"]] == ["Worker died during attempt 1"]
+    assert marker.read_text().split() == ["a"]

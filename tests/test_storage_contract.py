@@ -197,20 +197,6 @@ def test_a_held_result_is_recovered_as_completed_and_a_running_attempt_as_cut_sh
     assert storage.recover(decide, completed) == []
 
 
-def test_a_held_result_once_stored_is_not_recovered_again(storage):
-    storage.register_owner("w")
-    storage.add(make(job_id="a"))
-    job = storage.claim("w", time.time())
-    started = job.evolve(attempts=1, started_at="2026-01-01T00:00:00.000Z")
-    storage.update(job, started)
-    if not storage.hold_result("w", started, 1767225601.5):
-        pytest.skip("this backend holds no result: its workers record each one at once")
-    storage.update(started, started.evolve(state=JobState.COMPLETED, finished_at="2026-01-01T00:00:01.500Z"))
-    storage.unregister_owner("w")
-    assert storage.recover(lambda j: pytest.fail("decide"), lambda j, f: pytest.fail("completed")) == []
-    assert storage.get("a").state is JobState.COMPLETED
-
-
 def test_config_round_trips(storage):
     storage.save_config({"max_retries": 5})
     assert storage.load_config() == {"max_retries": 5}

@@ -218,8 +218,60 @@ def test_a_held_result_is_written_once_the_next_command_has_started(worker, mana
     assert first_done.attempts == 1 and first_done.history[-1]["exit_code"] == 0
     if holds:  # the second one is held now
         assert manager.storage.get(second.id).state is JobState.PROCESSING
-        assert worker.run_once(hold=True) is False  # nothing left: written at once
+        assert worker.run_once(hold=True) is True  # nothing to claim: the held result is written
+    assert worker.run_once(hold=True) is False
     assert manager.storage.get(second.id).state is JobState.COMPLETED
+
+
+def _note(store, owner: str) -> dict:
+    with open(os.path.join(store.root, "owners", f"{owner}.lock")) as f:
+        return json.loads(f.read())
+
+
+def test_a_held_result_is_in_the_workers_note_until_it_is_written(json_store, tmp_path):
+    """The note a recovery reads lists a held job as ended, from the hold until its result is
+    written, and not after (a note that kept it would grow with every job)."""
+    manager = QueueManager(json_store)
+    gate = tmp_path / "gate"
+    first = manager.enqueue("true", priority=5)
+    second = manager.enqueue(f"while [ ! -e {gate} ]; do sleep 0.01; done")
+    worker = Worker(manager, "worker-1")
+    try:
+        worker.register()
+        json_store.begin_batching()
+        assert worker.run_once(hold=True)
+        note = _note(json_store, worker.owner)
+        assert note["job"] == first.id and list(note["ended"]) == [first.id]
+        attempt, started, ended = note["ended"][first.id]
+        assert attempt == 1 and started == json_store.get(first.id).started_at and ended <= time.time()
+        thread = threading.Thread(target=worker.run_once, kwargs={"hold": True})
+        thread.start()
+        try:  # the second command runs: the first result is written, and gone from "ended"
+            wait_for(lambda: _note(json_store, worker.owner).get("job") == second.id and
+                     "ended" not in _note(json_store, worker.owner), timeout=10)
+        finally:
+            gate.touch()
+            thread.join(10)
+        assert list(_note(json_store, worker.owner)["ended"]) == [second.id]
+        worker.record_held()
+        assert "ended" not in _note(json_store, worker.owner)
+    finally:
+        worker.unregister()
+    assert json_store.get(second.id).state is JobState.COMPLETED
+
+
+def test_a_reader_in_the_workers_process_sees_a_held_jobs_attempt(json_store):
+    manager = QueueManager(json_store)
+    job = manager.enqueue("true")
+    worker = Worker(manager, "worker-1")
+    try:
+        assert worker.run_once(hold=True)
+        held = json_store.get(job.id)
+        assert held.state is JobState.PROCESSING and held.attempts == 1 and held.started_at
+        assert held.finished_at is None
+    finally:
+        worker.unregister()
+    assert json_store.get(job.id).state is JobState.COMPLETED
 
 
 def test_only_successes_are_held_and_a_failure_is_recorded_at_once(worker, manager):

@@ -81,6 +81,11 @@ class Worker:
             self._registered = True
 
     def unregister(self) -> None:
+        held = self._held
+        try:
+            self.record_held()
+        except QueuectlError as e:  # it stays processing; the backend's note lets recovery complete it
+            log.error("Job %s: result not recorded: %s", held[0].id if held else "?", e)
         if self._registered:
             self.storage.flush()
             self.storage.unregister_owner(self.owner)
@@ -99,31 +104,29 @@ class Worker:
                     self.storage.flush()
                     self.storage.wait_for_work(self.owner, self.manager.config.poll_interval)
         finally:
-            held = self._held
-            try:
-                self.record_held()
-            except QueuectlError as e:  # it stays processing; the note lets recovery complete it
-                log.error("Job %s: result not recorded: %s", held[0].id if held else "?", e)
             self.unregister()
             log.info("Worker %s stopped", self.name)
 
     def run_once(self, hold: bool = False) -> bool:
-        """Claims one due job, runs it and records the result; False when nothing was due.
+        """Claims one due job, runs it and records the result; False when nothing was due (nor held).
 
         With `hold`, a successful result may wait until the next command has started: writing
-        it while that command's shell starts, rather than before, made one worker a quarter to a
-        third faster. The backend's record for recovery says that the job ended well meanwhile
-        (see `Storage.hold_result`); `record_held` writes it, as the next `run_once` does.
+        it while that command's shell starts, rather than before, made one worker about a third
+        faster. The backend's record for recovery says that the job ended well meanwhile (see
+        `Storage.hold_result`); `record_held` writes it, as the next `run_once` and `unregister` do.
         """
         self.register()
         job = self.manager.claim(self.owner, self._wait_for_start_slot)
         if job is None:
-            self.record_held()
-            return False
+            # True when a held result was written: a job that waited for it may be due now
+            return self.record_held()
         job_line("Job %s started on %s (attempt %d of %d): %s", job.id, self.name, job.attempts,
                  job.max_retries + 1, job.command)
         outcome = self.execute(job)  # writes a held result once the command has started
-        self.record_held()  # the command could not start
+        try:
+            self.record_held()  # the command could not start
+        except QueuectlError as e:
+            self._held_error = self._held_error or e
         failed, self._held_error = self._held_error, None
         if outcome is None:
             self.manager.release(job, "Interrupted by a forced stop")
@@ -137,12 +140,14 @@ class Worker:
             raise failed
         return True
 
-    def record_held(self) -> None:
-        """Writes the result `run_once(hold=True)` held, if any."""
-        if self._held is not None:
-            job, outcome = self._held
-            self._held = None
-            self._record(job, outcome)
+    def record_held(self) -> bool:
+        """Writes the result `run_once(hold=True)` held; False if there was none."""
+        if self._held is None:
+            return False
+        job, outcome = self._held
+        self._held = None
+        self._record(job, outcome)
+        return True
 
     def _record(self, job: Job, outcome: Outcome) -> None:
         try:
@@ -190,12 +195,13 @@ class Worker:
             return Outcome(exit_code=None, error=f"Cannot start command: {e.strerror or e}",
                            started=started, finished=time.time())
         self.storage.note_running(self.owner, proc.pid)
+        began = time.monotonic()  # the timeout counts the held result's writing too
         try:
             self.record_held()
         except QueuectlError as e:  # raised once this command is over and its result recorded
             self._held_error = e
         try:
-            ended = self._wait(proc, pump, timeout, job.id)
+            ended = self._wait(proc, pump, timeout, job.id, began)
         finally:
             self.storage.note_running(self.owner, None)
             pump.drain()
@@ -237,10 +243,11 @@ class Worker:
             pump.drain()
         return proc, pump
 
-    def _wait(self, proc: subprocess.Popen, pump: Pump, timeout: float, job_id: str) -> str:
+    def _wait(self, proc: subprocess.Popen, pump: Pump, timeout: float, job_id: str,
+              began: float | None = None) -> str:
         """Waits for the command, copying its output: 'exited', or 'timeout', 'cancelled' or
-        'forced' after ending its process group."""
-        deadline = time.monotonic() + timeout if timeout else None
+        'forced' after ending its process group. `began`: the monotonic time it started."""
+        deadline = (began if began is not None else time.monotonic()) + timeout if timeout else None
         pidfd = exit_fd(proc.pid)
         try:
             while True:

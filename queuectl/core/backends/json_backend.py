@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 
 from .. import metrics
 from ..errors import ConflictError, DuplicateJobError, QueuectlError, StorageError
-from ..job import Job, JobState
+from ..job import Job, JobState, parse_iso
 from ..storage import ManagerInfo, Storage, new_owner_id
 from ..utils import fs, wake
 from ..utils.faults import fault
@@ -86,6 +86,8 @@ MAX_SPARES = 128
 # A worker commits its batch early rather than let its note's list of uncommitted results pass
 # this size: a note within one page is written whole even by a process killed mid-write.
 NOTE_DONE_MAX = 3000
+# A held result's end time in a note past this (the year 5138) is not a time: the note is damaged.
+ENDED_MAX = 1e11
 
 
 class JsonStorage(Storage):
@@ -746,8 +748,9 @@ class JsonStorage(Storage):
             if mine and self._batching and new.state is not JobState.PROCESSING:
                 self._queue_commit(src, old, new)
                 return
-            if mine and new.state is not JobState.PROCESSING:
-                self._held.get(old.worker_id or "", {}).pop(old.id, None)
+            if mine and new.state is not JobState.PROCESSING and \
+                    self._held.get(old.worker_id or "", {}).pop(old.id, None) is not None:
+                self._note(old.worker_id or "")  # its "ended" entry goes
         else:
             src = self._grab(old)
         final = new.state is not JobState.PROCESSING
@@ -994,12 +997,15 @@ class JsonStorage(Storage):
             job.attempts, job.finished_at = int(attempt or job.attempts + 1), None
             job.started_at = started or job.started_at or job.updated_at
             written_state = JobState.PROCESSING  # it ran, but its result is lost: the attempt counts
-        elif (ended := _ended_entry(note, job.id)) and written_state is not JobState.PROCESSING and completed:
-            # it ended well and the worker had started its next command before writing the result
+        elif (ended := _ended_entry(note, job.id)) and written_state in RUNNABLE:
+            # It ended well, and the worker went on to its next job before writing the result. (A
+            # written state that is not runnable is a recovery's own move, killed before its rename.)
             job.attempts, job.started_at, job.finished_at = ended[0], ended[1], None
-            new = completed(job, ended[2])
-            self.update(job, new)
-            return new
+            if completed is not None:
+                new = completed(job, ended[2])
+                self.update(job, new)
+                return new
+            written_state = JobState.PROCESSING  # no rule for it given: counted as cut short
         elif note.get("job") == job.id and written_state is not JobState.PROCESSING:
             job.attempts, job.started_at = int(note.get("attempt") or job.attempts + 1), note.get("started_at")
             job.finished_at = None
@@ -1377,8 +1383,8 @@ class JsonStorage(Storage):
             job.attempts = int(note["attempt"])
             job.started_at = note.get("started_at")
             job.finished_at = None
-        elif ended := _ended_entry(note, job.id):  # ended, its result not written yet
-            job.attempts, job.started_at, job.finished_at = ended[0], ended[1], None
+        elif ended := _ended_entry(note, job.id) or _ended_entry({"ended": self._held.get(owner)}, job.id):
+            job.attempts, job.started_at, job.finished_at = ended[0], ended[1], None  # result held
 
     def _write(self, path: str, data: bytes, durable: bool = True, sync_dir: bool = True) -> None:
         try:
@@ -1468,9 +1474,14 @@ def _ended_entry(note: dict[str, Any], job_id: str) -> tuple[int, str | None, fl
     if not isinstance(entry, list) or len(entry) < 3:
         return None
     attempt, started, finished = entry[:3]
-    if type(attempt) is not int or attempt < 1 or not isinstance(started, (str, type(None))) or \
-            type(finished) not in (int, float):
+    if type(attempt) is not int or attempt < 1 or type(finished) not in (int, float) or \
+            not 0 < finished < ENDED_MAX:  # also NaN and infinity
         return None
+    if started is not None:
+        try:
+            parse_iso(started)
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            return None
     return attempt, started, float(finished)
 
 
