@@ -6,9 +6,13 @@ it, write the result to a new file and note it; per 30 results one syncfs, then 
 renamed into completed/ and the old copy removed. No counts, metrics, log lines, history,
 validation, priorities, timeouts or output files.
 
-It shows where the limit of this storage design lies on the machine at hand: its rate against
-the raw limit at the same concurrency is the best a worker of this design could do, and
-queuectl's drain against it is what the rest of queuectl's bookkeeping costs. It runs on a store
+It shows where the limit of this storage design lies on the machine at hand, for a worker that
+takes one job after another: its rate against the raw limit at the same concurrency is the best
+such a worker could do, and queuectl's drain against it is what the rest of queuectl's
+bookkeeping costs. A queuectl worker writes a result while the next command's shell starts (see
+`Storage.hold_result`), which this loop does not: with an idle core to overlap with (1 worker
+on 2 cores) it drains above the loop; with none (2 workers on 2 cores) the loop stays the
+ceiling. It runs on a store
 that `queuectl enqueue --file` filled, and leaves that store unusable (it is thrown away).
 """
 from __future__ import annotations

@@ -52,7 +52,7 @@ def minimum_rows(r: dict) -> list[Row]:
     return [("durable minimum (bench/qbench/minimum.py), jobs/s", *by_workers(r, lambda e: e["jobs_per_s"]),
              f"file claim, notes, result, batched syncfs; nothing else{passes_note(first)}"),
             ("durable minimum / raw limit", *by_workers(r, lambda e: e["ratio_to_raw"], 2),
-             "the ceiling of this storage design here")]
+             "the ceiling of this design, one job after another (see minimum.py)")]
 
 
 def enqueue_rows(r: dict) -> list[Row]:
