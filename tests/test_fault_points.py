@@ -167,12 +167,14 @@ def _deaths(job: dict) -> int:
 
 def _ran_once_per_death(view: dict, marker: Path, job_id: str) -> None:
     """A job reruns only after an attempt that was cut short, and each such attempt is recorded
-    (a crash during recovery may record one death twice, never none)."""
+    once (also when the recovery that records it is killed and runs again)."""
     state, job = view[job_id]
     assert state == "completed", (job_id, state, job.get("history"))
     runs = marker_counts(marker)[job_id]
     assert 1 <= runs <= 1 + _deaths(job), (job_id, runs, job["history"])
     assert sum(1 for h in job["history"] if h.get("exit_code") == 0) == 1, (job_id, job["history"])
+    attempts = [h["attempt"] for h in job["history"] if h.get("counted", True)]
+    assert len(attempts) == len(set(attempts)), ("an attempt recorded twice", job_id, job["history"])
 
 
 # -- the forked variant ------------------------------------------------------------------------

@@ -994,9 +994,10 @@ class JsonStorage(Storage):
             if self._moved_on(job, name):
                 _unlink(path)  # committed, then retried, taken or purged before we came: a stale copy
                 return None
-            job.attempts, job.finished_at = int(attempt or job.attempts + 1), None
-            job.started_at = started or job.started_at or job.updated_at
-            written_state = JobState.PROCESSING  # it ran, but its result is lost: the attempt counts
+            if not _on_record(job, attempt):
+                job.attempts, job.finished_at = int(attempt or job.attempts + 1), None
+                job.started_at = started or job.started_at or job.updated_at
+                written_state = JobState.PROCESSING  # it ran, but its result is lost: the attempt counts
         elif (ended := _ended_entry(note, job.id)) and written_state in RUNNABLE:
             # It ended well, and the worker went on to its next job before writing the result. (A
             # written state that is not runnable is a recovery's own move, killed before its rename.)
@@ -1006,7 +1007,8 @@ class JsonStorage(Storage):
                 self.update(job, new)
                 return new
             written_state = JobState.PROCESSING  # no rule for it given: counted as cut short
-        elif note.get("job") == job.id and written_state is not JobState.PROCESSING:
+        elif note.get("job") == job.id and written_state is not JobState.PROCESSING and \
+                not _on_record(job, note.get("attempt")):
             job.attempts, job.started_at = int(note.get("attempt") or job.attempts + 1), note.get("started_at")
             job.finished_at = None
             written_state = JobState.PROCESSING  # the attempt had started (the owner's note says so)
@@ -1464,6 +1466,14 @@ def _parse_note(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return note if isinstance(note, dict) else {}
+
+
+def _on_record(job: Job, attempt: Any) -> bool:
+    """Whether the job file already records the attempt a dead owner's note names: a claim never
+    rewrites the file (it holds the attempt before), so this is a recovery's own outcome, written
+    before that recovery was killed short of renaming it; counting it again would record one
+    death twice."""
+    return type(attempt) is int and job.attempts >= attempt
 
 
 def _ended_entry(note: dict[str, Any], job_id: str) -> tuple[int, str | None, float] | None:
