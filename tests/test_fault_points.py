@@ -595,7 +595,7 @@ def test_a_result_synced_before_its_worker_died_is_committed_not_run_again(scrat
 
     def worker(m: QueueManager) -> None:
         from queuectl.core.backends import json_backend
-        json_backend.COUNT_FLUSH_INTERVAL = 3600  # results commit when the worker stops: a known place
+        json_backend.COUNT_FLUSH_INTERVAL = float("inf")  # results commit when the worker stops: a known place
         w = Worker(m)
         for _ in range(2 if died_on == "the next job" else 1):
             w.run_once()

@@ -27,7 +27,7 @@ def _in_child(path: str, body: Callable[[QueueManager], None], fault: str | None
         try:
             from queuectl.core.backends import json_backend
             from queuectl.core.utils import faults
-            json_backend.COUNT_FLUSH_INTERVAL = 3600  # results commit where the body says
+            json_backend.COUNT_FLUSH_INTERVAL = float("inf")  # results commit where the body says
             faults.arm(fault)
             body(QueueManager(get_storage(path)))
         finally:
@@ -148,7 +148,7 @@ def _worker_on_cue(path: str, first: Callable[[Worker], object], job_id: str) ->
     if pid == 0:
         try:
             from queuectl.core.backends import json_backend
-            json_backend.COUNT_FLUSH_INTERVAL = 3600  # results stay uncommitted, in the note
+            json_backend.COUNT_FLUSH_INTERVAL = float("inf")  # results stay uncommitted, in the note
             m = QueueManager(get_storage(path))
             worker = Worker(m)
             first(worker)
@@ -608,3 +608,47 @@ def test_a_held_result_is_recovered_from_the_note_and_a_damaged_entry_is_ignored
         job = json.loads(next((Path(path) / "pending").glob("*_a.json")).read_bytes())
         assert [h["error"] for h in job["history"]] == ["Worker died during attempt 1"]
     assert marker.read_text().split() == ["a"]
+
+
+def test_a_job_given_back_by_a_forced_stop_stays_uncounted_when_its_worker_dies_before_the_commit(tmp_path):
+    """`release` writes the attempt back uncounted; a worker killed before its batch committed
+    that left the result in its spare, and recovery takes it as it is, not as a death."""
+    path = _store(tmp_path, {"id": "a", "command": "true", "max_retries": 0})
+
+    def work(manager: QueueManager) -> None:
+        worker = Worker(manager, "worker-1")
+        worker.register()
+        job = manager.claim(worker.owner)
+        manager.release(job, "Interrupted by a forced stop")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    assert os.WIFSIGNALED(_in_child(path, work))
+    QueueManager(get_storage(path)).recover()
+    assert _folders(path) == {"a": ["pending"]}
+    job = json.loads(next((Path(path) / "pending").glob("*_a.json")).read_bytes())
+    assert job["attempts"] == 0 and [h.get("counted") for h in job["history"]] == [False]
+    assert job["history"][0]["error"] == "Interrupted by a forced stop"
+
+
+def test_an_owner_writing_results_unbatched_does_not_keep_naming_the_job_in_its_note(tmp_path):
+    """A store that does not batch writes each result at once; its owner's note must then stop
+    naming the job, or its next claim of the same job takes that attempt for the current one."""
+    import time
+
+    from queuectl.core.job import now_iso
+
+    path = _store(tmp_path, {"id": "x", "command": "exit 1", "max_retries": 5})
+    stores = [get_storage(path), get_storage(path)]
+    try:
+        for store, owner in zip(stores, ("w1", "w2")):
+            store.register_owner(owner)
+        for store, owner in zip(stores, ("w1", "w2")):  # attempts 1 and 2, each failed
+            job = store.claim(owner, time.time() + 3600)
+            started = job.evolve(attempts=job.attempts + 1, started_at=now_iso(), worker_id=owner)
+            store.update(job, started)
+            store.update(started, started.evolve(state=JobState.FAILED, finished_at=now_iso(), worker_id=None))
+        again = stores[0].claim("w1", time.time() + 3600)
+        assert again.id == "x" and again.attempts == 2
+    finally:
+        for store in stores:
+            store.close()

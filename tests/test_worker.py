@@ -176,7 +176,7 @@ def test_many_results_of_a_killed_worker_are_all_committed_by_recovery(tmp_path)
     pid = os.fork()
     if pid == 0:  # the worker: results stay uncommitted, then it dies without a word
         try:
-            json_backend.COUNT_FLUSH_INTERVAL = 3600
+            json_backend.COUNT_FLUSH_INTERVAL = float("inf")
             child = get_storage(path)
             worker = Worker(QueueManager(child), "worker-1")
             for _ in range(30):

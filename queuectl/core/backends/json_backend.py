@@ -748,9 +748,6 @@ class JsonStorage(Storage):
             if mine and self._batching and new.state is not JobState.PROCESSING:
                 self._queue_commit(src, old, new)
                 return
-            if mine and new.state is not JobState.PROCESSING and \
-                    self._held.get(old.worker_id or "", {}).pop(old.id, None) is not None:
-                self._note(old.worker_id or "")  # its "ended" entry goes
         else:
             src = self._grab(old)
         final = new.state is not JobState.PROCESSING
@@ -763,9 +760,21 @@ class JsonStorage(Storage):
             # No fsync of the folders: the content is durable, and if a power cut loses the
             # rename, the file is back in processing/ saying where it goes; `recover` moves it.
             _rename(src, dst)
+        if old.state is JobState.PROCESSING and final and old.worker_id in self._owners:
+            self._end_of_attempt(old.worker_id or "", old.id)
         if new.state in RUNNABLE:
             self._runnable_added()
         self._count({old.state: -1, new.state: 1} if old.state is not new.state else {}, (old, new))
+
+    def _end_of_attempt(self, owner: str, job_id: str) -> None:
+        """An owner that writes results unbatched: once a result is in place, its note no longer
+        names the job as running or held. A note left naming it would give a later claim of the
+        same job by this owner that stale attempt (see `_overlay_note`)."""
+        held = self._held.get(owner, {}).pop(job_id, None) is not None
+        if self._notes.get(owner, {}).get("job") == job_id:
+            self._note(owner, job=None)
+        elif held:
+            self._note(owner)
 
     def _read_own_writes(self) -> None:
         """A process reading the store sees its own batched results."""
@@ -1056,7 +1065,11 @@ class JsonStorage(Storage):
         if result.id != job.id or result.state is JobState.PROCESSING or result.finished_at is None:
             return None
         if attempt is not None and result.attempts != attempt:
-            return None  # an older copy (after a power cut): not this attempt's result
+            last = result.history[-1] if result.history else {}
+            given_back = result.attempts == attempt - 1 and last.get("attempt") == attempt and \
+                last.get("counted") is False  # `release`: the attempt was cut short, uncounted
+            if not given_back:
+                return None  # an older copy (after a power cut): not this attempt's result
         return result
 
     def _sweep_owner_locks(self) -> None:
