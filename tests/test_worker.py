@@ -401,7 +401,7 @@ def test_a_steady_drain_reuses_its_files_instead_of_freeing_them(tmp_path, monke
     from queuectl.core.backends import json_backend
     from queuectl.core.storage import get_storage
 
-    monkeypatch.setattr(json_backend, "COUNT_FLUSH_INTERVAL", 3600)  # batches as big as a note allows
+    monkeypatch.setattr(json_backend, "COUNT_FLUSH_INTERVAL", float("inf"))  # batches as big as a note allows
     store = get_storage(str(tmp_path / "data"))
     manager = QueueManager(store)
     manager.enqueue_many(json.dumps({"command": "true"}) for _ in range(200))
