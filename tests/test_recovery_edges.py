@@ -652,3 +652,30 @@ def test_an_owner_writing_results_unbatched_does_not_keep_naming_the_job_in_its_
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_killed_reuse_of_an_id_marker_leaves_its_temp_file_where_the_sweep_looks(tmp_path):
+    """An id marker whose enqueue died before its job landed is reused by the next enqueue of
+    that id; killed while rewriting it, that enqueue leaves a temp file in tmp/, which start's
+    housekeeping removes, and none in ids/, which it does not search."""
+    from queuectl.core.backends import json_backend
+
+    path = _store(tmp_path, {"id": "other", "command": "true"})
+    (Path(path) / "ids" / "reused").write_text("12345")  # an enqueue died before its job landed
+
+    def enqueue(manager: QueueManager) -> None:
+        manager.enqueue(json.dumps({"id": "reused", "command": "true"}))
+
+    assert os.WIFSIGNALED(_in_child(path, enqueue, "write.before_replace:1"))
+    assert [n for n in os.listdir(Path(path) / "ids") if n.endswith(".tmp")] == []
+    [left] = [n for n in os.listdir(Path(path) / "tmp") if n.startswith(".reused.") and n.endswith(".tmp")]
+    old = os.stat(Path(path) / "tmp" / left).st_mtime - json_backend.TEMP_MAX_AGE - 1
+    os.utime(Path(path) / "tmp" / left, (old, old))
+    store = get_storage(path)
+    try:
+        store.maintain()
+        assert not (Path(path) / "tmp" / left).exists()
+        QueueManager(store).enqueue(json.dumps({"id": "reused", "command": "true"}))
+        assert store.get("reused") is not None
+    finally:
+        store.close()

@@ -416,8 +416,9 @@ class JsonStorage(Storage):
             self.roll_forward()  # a batch a killed `enqueue --file` committed holds its ids
             if self.get(job.id) is not None or self._staged(job.id) or self._held_by_live_batch(marker):
                 raise DuplicateJobError(f"a job with id '{job.id}' already exists") from None
-            fs.write_file(marker, str(job.seq).encode(), durable=False)
-            # a marker left by an enqueue that died before its job file landed: reuse it
+            # a marker left by an enqueue that died before its job file landed: reuse it (the temp
+            # file in tmp/, which the sweep reads; ids/ may hold a million names)
+            fs.write_file(marker, str(job.seq).encode(), durable=False, temp_dir=self._p("tmp"))
         except OSError as e:
             raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
 

@@ -99,14 +99,17 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_file(path: str, data: bytes, durable: bool = True, sync_dir: bool = True) -> None:
+def write_file(path: str, data: bytes, durable: bool = True, sync_dir: bool = True,
+               temp_dir: str | None = None) -> None:
     """Atomically replaces `path` with `data`: unique temp file, fsync, os.replace, fsync dir.
 
     With durable=False the replacement is still atomic (never a partial file) but may be lost
     to a power cut; with sync_dir=False the caller makes the directory durable itself.
+    `temp_dir` (on the same file system) holds the temp file instead of `path`'s folder: for a
+    folder too big to search for what a killed writer left.
     """
     folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = os.path.join(temp_dir or folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
     try:
         try:
