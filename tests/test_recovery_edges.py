@@ -668,14 +668,80 @@ def test_a_killed_reuse_of_an_id_marker_leaves_its_temp_file_where_the_sweep_loo
 
     assert os.WIFSIGNALED(_in_child(path, enqueue, "write.before_replace:1"))
     assert [n for n in os.listdir(Path(path) / "ids") if n.endswith(".tmp")] == []
-    [left] = [n for n in os.listdir(Path(path) / "tmp") if n.startswith(".reused.") and n.endswith(".tmp")]
-    old = os.stat(Path(path) / "tmp" / left).st_mtime - json_backend.TEMP_MAX_AGE - 1
-    os.utime(Path(path) / "tmp" / left, (old, old))
+    # the marker's temp file, and the job the enqueue had staged before marking its id
+    left = [Path(path) / "tmp" / n for n in os.listdir(Path(path) / "tmp") if n.startswith(".reused.")]
+    assert len(left) == 2 and all(p.name.endswith(".tmp") for p in left)
+    for p in left:
+        old = p.stat().st_mtime - json_backend.TEMP_MAX_AGE - 1
+        os.utime(p, (old, old))
     store = get_storage(path)
     try:
         store.maintain()
-        assert not (Path(path) / "tmp" / left).exists()
+        assert not any(p.exists() for p in left)
         QueueManager(store).enqueue(json.dumps({"id": "reused", "command": "true"}))
         assert store.get("reused") is not None
+    finally:
+        store.close()
+
+
+def test_a_second_enqueue_of_an_id_whose_first_is_still_placing_its_job_is_refused(tmp_path):
+    """Between marking the id and renaming its job into place, an enqueue's marker has no job
+    beside it; a second enqueue of the same id must not take it for a stale one."""
+    import time
+
+    path = _store(tmp_path, {"id": "other", "command": "true"})
+    ready, go = tmp_path / "ready", tmp_path / "go"
+
+    def first(manager: QueueManager) -> None:
+        from queuectl.core.backends import json_backend
+        rename = json_backend._rename
+
+        def paused(src: str, dst: str) -> None:
+            ready.touch()
+            deadline = time.monotonic() + 10
+            while not go.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            rename(src, dst)
+
+        json_backend._rename = paused
+        manager.enqueue(json.dumps({"id": "same", "command": "echo first"}))
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            first(QueueManager(get_storage(path)))
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ready.exists()
+        store = get_storage(path)
+        try:
+            with pytest.raises(DuplicateJobError):
+                QueueManager(store).enqueue(json.dumps({"id": "same", "command": "echo second"}))
+        finally:
+            store.close()
+    finally:
+        go.touch()
+        os.waitpid(pid, 0)
+    assert _folders(path) == {"other": ["pending"], "same": ["pending"]}
+    job = json.loads(next((Path(path) / "pending").glob("*_same.json")).read_bytes())
+    assert job["command"] == "echo first"
+
+
+def test_the_staged_file_of_a_dead_enqueue_does_not_hold_its_id(tmp_path):
+    path = _store(tmp_path, {"id": "other", "command": "true"})
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    (Path(path) / "ids" / "x").write_text("12345")  # marked, then the enqueue died
+    (Path(path) / "tmp" / f".x.{dead}-0123456789ab.tmp").write_text("{}")
+    store = get_storage(path)
+    try:
+        QueueManager(store).enqueue(json.dumps({"id": "x", "command": "true"}))
+        assert store.get("x") is not None
     finally:
         store.close()

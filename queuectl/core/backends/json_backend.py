@@ -212,34 +212,35 @@ class JsonStorage(Storage):
     wakes_on_add = True
 
     def add(self, job: Job) -> None:
-        """Written whole in tmp/, renamed into place, then made durable by one flush.
+        """Written whole in tmp/, its id marked, renamed into place, then made durable by one flush.
 
-        The O_EXCL id marker already made the name unique, so the rename replaces nothing. An
-        idle worker is woken before the flush: it may start the job while the flush runs (the
-        enqueue is acknowledged only when it returns); one flush for file and folder instead of
-        two fsyncs halves the enqueue's wait on the disk.
+        The file is staged before the id is marked: from the marker's creation until the job is
+        in place, the staged file, named after the id and this process, tells a second enqueue
+        of the same id that the marker is not a stale one (see `_staged_alone`). The O_EXCL id
+        marker already made the name unique, so the rename replaces nothing. An idle worker is
+        woken before the flush: it may start the job while the flush runs (the enqueue is
+        acknowledged only when it returns); one flush for file and folder instead of two fsyncs
+        halves the enqueue's wait on the disk.
         """
         self._ensure()
         marker = self._p("ids", job.id)
-        self._mark_id(marker, job)
-        path = self._path(job)
-        if fs._syncfs() is None:  # no syncfs: fsync file and folder before the job can be seen
-            try:
-                fs.write_file(path, job.to_json())
-            except BaseException as e:
-                _unlink(marker)
-                if isinstance(e, OSError):
-                    raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
-                raise
-            if job.state in RUNNABLE:
-                self._runnable_added()
-                self.notify_work()
-            self._count({job.state: 1})
-            return
-        tmp = self._p("tmp", f".{job.id}.{uuid.uuid4().hex[:12]}.tmp")
+        no_syncfs = fs._syncfs() is None  # then file and folder are fsynced before it can be seen
+        tmp = self._p("tmp", f".{job.id}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
         try:
-            fs.write_private(tmp, job.to_json())
+            fs.write_private(tmp, job.to_json(), durable=no_syncfs)
+        except OSError as e:
+            _unlink(tmp)
+            raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
+        try:
+            self._mark_id(marker, job, staged=tmp)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        path = self._path(job)
+        try:
             _rename(tmp, path)
+            if no_syncfs:
+                fs.fsync_dir(os.path.dirname(path))
         except BaseException as e:
             _unlink(tmp)
             _unlink(marker)
@@ -250,6 +251,8 @@ class JsonStorage(Storage):
             self._runnable_added()
             self.notify_work()
         self._count({job.state: 1})  # counts are stored unclamped: a claim may subtract first
+        if no_syncfs:
+            return
         try:
             fs.sync_filesystem(self.root)
         except OSError as e:
@@ -340,6 +343,31 @@ class JsonStorage(Storage):
         name = head[1:head.find(b"\n")].decode("ascii", "replace") if head.startswith(b"#") else ""
         return name.startswith(".batch-") and self._batch_alive(name)
 
+    def _staged_alone(self, job_id: str, own: str | None) -> bool:
+        """Whether a live single `enqueue` of this id has staged its file (see `add`): its marker
+        is taken, its job not in place yet. Looked at before the job itself, which the staged
+        file becomes in one rename. A staged file of a process that is gone, or older than a
+        minute, is debris (the sweep removes it)."""
+        prefix, cutoff = f".{job_id}.", time.time() - TEMP_MAX_AGE
+        for name in self._names_all("tmp"):
+            rest = name[len(prefix):] if name.startswith(prefix) else ""
+            pid, dash, tail = rest.partition("-")
+            if not (pid.isdigit() and dash and len(tail) == 16 and tail.endswith(".tmp")):
+                continue
+            path = self._p("tmp", name)
+            if path == own:
+                continue
+            try:
+                if os.stat(path).st_mtime < cutoff:
+                    continue
+            except OSError:
+                continue
+            from ..utils.proc import pid_alive  # subprocess loads only on this rare path
+
+            if pid_alive(int(pid)):
+                return True
+        return False
+
     def _staged(self, job_id: str) -> bool:
         """Whether a live `enqueue --file` has this id in its batch (its marker is not stale)."""
         for folder in self._names_all("tmp"):
@@ -401,8 +429,9 @@ class JsonStorage(Storage):
                 _unlink(table)
         return anchors
 
-    def _mark_id(self, marker: str, job: Job) -> None:
-        """Claims the id (O_EXCL) and records its enqueue sequence, which names finished files."""
+    def _mark_id(self, marker: str, job: Job, staged: str | None = None) -> None:
+        """Claims the id (O_EXCL) and records its enqueue sequence, which names finished files.
+        `staged`: this enqueue's own staged file, which `_staged_alone` passes over."""
         try:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fs.FILE_MODE)
             try:
@@ -414,7 +443,8 @@ class JsonStorage(Storage):
             os.close(fd)
         except FileExistsError:
             self.roll_forward()  # a batch a killed `enqueue --file` committed holds its ids
-            if self.get(job.id) is not None or self._staged(job.id) or self._held_by_live_batch(marker):
+            if self._staged_alone(job.id, staged) or self.get(job.id) is not None or \
+                    self._staged(job.id) or self._held_by_live_batch(marker):
                 raise DuplicateJobError(f"a job with id '{job.id}' already exists") from None
             # a marker left by an enqueue that died before its job file landed: reuse it (the temp
             # file in tmp/, which the sweep reads; ids/ may hold a million names)

@@ -74,11 +74,14 @@ def _syncfs():  # type: ignore[no-untyped-def]
     return _SYNCFS[0]
 
 
-def write_private(path: str, data: bytes) -> None:
-    """Writes a new file (O_EXCL, 0600) without fsync; the caller syncs a whole batch at once."""
+def write_private(path: str, data: bytes, durable: bool = False) -> None:
+    """Writes a new file (O_EXCL, 0600); without fsync unless `durable` (the caller syncs a
+    whole batch at once)."""
     fd = os.open(path, _NEW_FILE, FILE_MODE)
     try:
         _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     fault("stage.written")
