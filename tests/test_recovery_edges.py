@@ -684,39 +684,68 @@ def test_a_killed_reuse_of_an_id_marker_leaves_its_temp_file_where_the_sweep_loo
         store.close()
 
 
-def test_a_second_enqueue_of_an_id_whose_first_is_still_placing_its_job_is_refused(tmp_path):
-    """Between marking the id and renaming its job into place, an enqueue's marker has no job
-    beside it; a second enqueue of the same id must not take it for a stale one."""
+def _paused_at_marking(ready: Path, go: Path) -> None:
+    """In a forked child: the next single enqueue stops right after marking its id until `go`."""
     import time
 
-    path = _store(tmp_path, {"id": "other", "command": "true"})
-    ready, go = tmp_path / "ready", tmp_path / "go"
+    from queuectl.core.backends import json_backend
 
-    def first(manager: QueueManager) -> None:
-        from queuectl.core.backends import json_backend
-        rename = json_backend._rename
-
-        def paused(src: str, dst: str) -> None:
+    def pause(name: str) -> None:
+        if name == "id.marked":
             ready.touch()
             deadline = time.monotonic() + 10
             while not go.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
-            rename(src, dst)
 
-        json_backend._rename = paused
-        manager.enqueue(json.dumps({"id": "same", "command": "echo first"}))
+    json_backend.fault = pause
 
+
+def _slow_takeover(ready: Path, go: Path) -> None:
+    """In a forked child: taking over a stale id marker stops before the write until `go`."""
+    import time
+
+    from queuectl.core.utils import fs
+
+    write_file = fs.write_file
+
+    def slow(path: str, *args, **kwargs) -> None:
+        if os.sep + "ids" + os.sep in path:
+            ready.touch()
+            deadline = time.monotonic() + 10
+            while not go.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        write_file(path, *args, **kwargs)
+
+    fs.write_file = slow
+
+
+def _wait_for_file(path: Path) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.exists()
+
+
+@pytest.mark.parametrize("marker", ["new", "stale"])
+def test_a_second_enqueue_of_an_id_whose_first_is_still_placing_its_job_is_refused(tmp_path, marker):
+    """Between marking the id (a new marker, or one taken over from an enqueue that died) and
+    renaming its job into place, an enqueue's marker has no job beside it; a second enqueue of
+    the same id must not take it for a stale one."""
+    path = _store(tmp_path, {"id": "other", "command": "true"})
+    if marker == "stale":
+        (Path(path) / "ids" / "same").write_text("12345")  # an enqueue died before its job landed
+    ready, go = tmp_path / "ready", tmp_path / "go"
     pid = os.fork()
     if pid == 0:
         try:
-            first(QueueManager(get_storage(path)))
+            _paused_at_marking(ready, go)
+            QueueManager(get_storage(path)).enqueue(json.dumps({"id": "same", "command": "echo first"}))
         finally:
             os._exit(0)
     try:
-        deadline = time.monotonic() + 10
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert ready.exists()
+        _wait_for_file(ready)
         store = get_storage(path)
         try:
             with pytest.raises(DuplicateJobError):
@@ -731,14 +760,50 @@ def test_a_second_enqueue_of_an_id_whose_first_is_still_placing_its_job_is_refus
     assert job["command"] == "echo first"
 
 
-def test_the_staged_file_of_a_dead_enqueue_does_not_hold_its_id(tmp_path):
+def test_of_two_enqueues_retrying_an_id_left_by_a_dead_one_exactly_one_wins(tmp_path):
+    """Both find the marker of an enqueue that died; takeovers go one at a time, so the second
+    finds the marker naming the first, which still places its job, and is refused: one job,
+    never none and never two."""
+    import time
+
     path = _store(tmp_path, {"id": "other", "command": "true"})
-    dead = os.fork()
-    if dead == 0:
-        os._exit(0)
-    os.waitpid(dead, 0)
-    (Path(path) / "ids" / "x").write_text("12345")  # marked, then the enqueue died
-    (Path(path) / "tmp" / f".x.{dead}-0123456789ab.tmp").write_text("{}")
+    (Path(path) / "ids" / "x").write_text("12345 .x.1-0123456789ab.tmp")  # its holder is gone
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    codes = []
+    pids = []
+    for n in range(2):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                if n == 0:
+                    _slow_takeover(ready, go)
+                try:
+                    QueueManager(get_storage(path)).enqueue(json.dumps({"id": "x", "command": f"echo {n}"}))
+                    code = 0
+                except DuplicateJobError:
+                    code = 3
+            finally:
+                os._exit(code)
+        pids.append(pid)
+        if n == 0:
+            _wait_for_file(ready)  # the first found the marker stale and is about to take it over
+    time.sleep(0.3)  # the second meets the marker meanwhile
+    go.touch()
+    for pid in pids:
+        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    assert codes == [0, 3]
+    assert _folders(path) == {"other": ["pending"], "x": ["pending"]}
+    assert json.loads(next((Path(path) / "pending").glob("*_x.json")).read_bytes())["command"] == "echo 0"
+
+
+def test_the_staged_file_of_a_dead_enqueue_does_not_hold_its_id(tmp_path):
+    """The marker names the staged file of an enqueue that died before its job landed: no
+    process holds that file's lock, so the next enqueue of the id takes the marker over."""
+    path = _store(tmp_path, {"id": "other", "command": "true"})
+    staged = ".x.1-0123456789ab.tmp"
+    (Path(path) / "ids" / "x").write_text(f"12345 {staged}")
+    (Path(path) / "tmp" / staged).write_text("{}")
     store = get_storage(path)
     try:
         QueueManager(store).enqueue(json.dumps({"id": "x", "command": "true"}))

@@ -165,6 +165,9 @@ class JsonStorage(Storage):
                 path = self._p(sub)
                 if not os.path.isdir(path):
                     fs.make_private_dir(path)
+            if not os.path.exists(self._p(".ids.lock")):  # made with the store: a refused enqueue
+                # that takes it (see `_mark_id`) must leave the store as it found it
+                os.close(os.open(self._p(".ids.lock"), os.O_WRONLY | os.O_CREAT, fs.FILE_MODE))
         except StorageError:
             raise
         except OSError as e:
@@ -212,49 +215,55 @@ class JsonStorage(Storage):
     wakes_on_add = True
 
     def add(self, job: Job) -> None:
-        """Written whole in tmp/, its id marked, renamed into place, then made durable by one flush.
+        """Staged whole in tmp/, its id marked, renamed into place, made durable by one flush.
 
-        The file is staged before the id is marked: from the marker's creation until the job is
-        in place, the staged file, named after the id and this process, tells a second enqueue
-        of the same id that the marker is not a stale one (see `_staged_alone`). The O_EXCL id
-        marker already made the name unique, so the rename replaces nothing. An idle worker is
-        woken before the flush: it may start the job while the flush runs (the enqueue is
-        acknowledged only when it returns); one flush for file and folder instead of two fsyncs
-        halves the enqueue's wait on the disk.
+        The staged file stays locked until it is in place, and the id marker names it: a second
+        enqueue of the same id tells a marker whose enqueue still runs from one left by an
+        enqueue that died (see `_mark_id`). The O_EXCL marker already made the name unique, so
+        the rename replaces nothing. An idle worker is woken before the flush: it may start the
+        job while the flush runs (the enqueue is acknowledged only when it returns); one flush
+        for file and folder instead of two fsyncs halves the enqueue's wait on the disk.
         """
         self._ensure()
         marker = self._p("ids", job.id)
         no_syncfs = fs._syncfs() is None  # then file and folder are fsynced before it can be seen
         tmp = self._p("tmp", f".{job.id}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
         try:
-            fs.write_private(tmp, job.to_json(), durable=no_syncfs)
+            fd: int | None = fs.write_locked(tmp, job.to_json(), durable=no_syncfs)
         except OSError as e:
             _unlink(tmp)
             raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
-        try:
-            self._mark_id(marker, job, staged=tmp)
-        except BaseException:
-            _unlink(tmp)
-            raise
         path = self._path(job)
         try:
-            _rename(tmp, path)
-            if no_syncfs:
-                fs.fsync_dir(os.path.dirname(path))
-        except BaseException as e:
-            _unlink(tmp)
-            _unlink(marker)
-            if isinstance(e, OSError):
-                raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
-            raise
+            try:
+                self._mark_id(marker, job, staged=tmp)
+            except BaseException:
+                _unlink(tmp)
+                raise
+            try:
+                if not fs.RENAME_OPEN_FILES:  # Windows: let go first (a moment unguarded)
+                    os.close(fd)  # type: ignore[arg-type]
+                    fd = None
+                _rename(tmp, path)
+            except BaseException as e:
+                _unlink(tmp)
+                _unlink(marker)
+                if isinstance(e, OSError):
+                    raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
+                raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+        # In place: from here on the marker stays whatever fails, or the id could be given twice.
         if job.state in RUNNABLE:
             self._runnable_added()
             self.notify_work()
         self._count({job.state: 1})  # counts are stored unclamped: a claim may subtract first
-        if no_syncfs:
-            return
         try:
-            fs.sync_filesystem(self.root)
+            if no_syncfs:
+                fs.fsync_dir(os.path.dirname(path))
+            else:
+                fs.sync_filesystem(self.root)
         except OSError as e:
             raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
 
@@ -343,31 +352,6 @@ class JsonStorage(Storage):
         name = head[1:head.find(b"\n")].decode("ascii", "replace") if head.startswith(b"#") else ""
         return name.startswith(".batch-") and self._batch_alive(name)
 
-    def _staged_alone(self, job_id: str, own: str | None) -> bool:
-        """Whether a live single `enqueue` of this id has staged its file (see `add`): its marker
-        is taken, its job not in place yet. Looked at before the job itself, which the staged
-        file becomes in one rename. A staged file of a process that is gone, or older than a
-        minute, is debris (the sweep removes it)."""
-        prefix, cutoff = f".{job_id}.", time.time() - TEMP_MAX_AGE
-        for name in self._names_all("tmp"):
-            rest = name[len(prefix):] if name.startswith(prefix) else ""
-            pid, dash, tail = rest.partition("-")
-            if not (pid.isdigit() and dash and len(tail) == 16 and tail.endswith(".tmp")):
-                continue
-            path = self._p("tmp", name)
-            if path == own:
-                continue
-            try:
-                if os.stat(path).st_mtime < cutoff:
-                    continue
-            except OSError:
-                continue
-            from ..utils.proc import pid_alive  # subprocess loads only on this rare path
-
-            if pid_alive(int(pid)):
-                return True
-        return False
-
     def _staged(self, job_id: str) -> bool:
         """Whether a live `enqueue --file` has this id in its batch (its marker is not stale)."""
         for folder in self._names_all("tmp"):
@@ -430,27 +414,64 @@ class JsonStorage(Storage):
         return anchors
 
     def _mark_id(self, marker: str, job: Job, staged: str | None = None) -> None:
-        """Claims the id (O_EXCL) and records its enqueue sequence, which names finished files.
-        `staged`: this enqueue's own staged file, which `_staged_alone` passes over."""
+        """Claims the id (O_EXCL) and records its enqueue sequence, which names finished files,
+        and the locked file `staged` of the enqueue that holds it, if any (`<seq> <name>`).
+
+        A marker that exists has a live holder, a job, or neither (its enqueue died before its
+        job landed): then it is taken over, under a lock, so that of two enqueues retrying that
+        id one wins.
+        """
+        content = f"{job.seq} {os.path.basename(staged)}".encode() if staged else str(job.seq).encode()
         try:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fs.FILE_MODE)
             try:
-                os.write(fd, str(job.seq).encode())
+                os.write(fd, content)
             except OSError:
                 os.close(fd)
                 _unlink(marker)  # a full disk must not leave an id taken by no job
                 raise
             os.close(fd)
+            fault("id.marked")
         except FileExistsError:
             self.roll_forward()  # a batch a killed `enqueue --file` committed holds its ids
-            if self._staged_alone(job.id, staged) or self.get(job.id) is not None or \
-                    self._staged(job.id) or self._held_by_live_batch(marker):
-                raise DuplicateJobError(f"a job with id '{job.id}' already exists") from None
-            # a marker left by an enqueue that died before its job file landed: reuse it (the temp
-            # file in tmp/, which the sweep reads; ids/ may hold a million names)
-            fs.write_file(marker, str(job.seq).encode(), durable=False, temp_dir=self._p("tmp"))
+            try:
+                with fs.Mutex(self._p(".ids.lock")):
+                    if self._marker_held(marker, job.id, staged) or self.get(job.id) is not None or \
+                            self._staged(job.id) or self._held_by_live_batch(marker):
+                        raise DuplicateJobError(f"a job with id '{job.id}' already exists") from None
+                    # left by an enqueue that died before its job landed: ours now (the temp file in
+                    # tmp/, which the sweep reads; ids/ may hold a million names)
+                    fs.write_file(marker, content, durable=False, temp_dir=self._p("tmp"))
+            except OSError as e:
+                raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
+            fault("id.marked")
         except OSError as e:
             raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
+
+    def _marker_held(self, marker: str, job_id: str, own: str | None) -> bool:
+        """Whether the enqueue a marker names still runs (its staged file is locked). A marker
+        with no content yet is being written, or its enqueue died at that instant: any live
+        enqueue's staged file for this id, other than `own`, then counts as its holder."""
+        try:
+            data = fs.read_file(marker)
+        except OSError:
+            return False
+        parts = data.split() if not data.startswith(b"#") else []  # "#": a batch's table
+        if len(parts) >= 2:
+            name = parts[1].decode("utf-8", "replace")
+            if not name.startswith(".") or os.sep in name or "/" in name:
+                return False
+            return fs.probe_lock(self._p("tmp", name))[0]
+        if parts or data.startswith(b"#"):
+            return False  # a sequence alone (a batch's fallback, or an older marker)
+        prefix = f".{job_id}."
+        for name in self._names_all("tmp"):
+            rest = name[len(prefix):] if name.startswith(prefix) else ""
+            pid, dash, tail = rest.partition("-")
+            if pid.isdigit() and dash and len(tail) == 16 and tail.endswith(".tmp") and \
+                    self._p("tmp", name) != own and fs.probe_lock(self._p("tmp", name))[0]:
+                return True
+        return False
 
     def get(self, job_id: str) -> Job | None:
         self._read_own_writes()
@@ -1498,8 +1519,9 @@ def _marker_seq(data: bytes, job_id: str) -> int | None:
         if end < 0:
             return None
         data = data[data.rfind(b"\n", 0, end) + 1:end]
+    parts = data.split()  # `<seq>`, or `<seq> <staged file>` (see `_mark_id`)
     try:
-        return int(data)
+        return int(parts[0]) if parts else None
     except ValueError:
         return None
 

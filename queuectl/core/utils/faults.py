@@ -31,6 +31,8 @@ same kind of step may call one too):
     counts.written        the JSON backend: counts.json was just overwritten in place
     note.written          the JSON backend: a worker's lock note (its attempt, its process
                           group, its results not committed yet) was just rewritten
+    id.marked             the JSON backend: a single enqueue just marked its id (created the
+                          marker or took over a stale one); its job is not in place yet
 
 `arm` sets or clears the fault inside a running process (a test's forked child).
 """
@@ -41,7 +43,7 @@ import os
 ENV = "QUEUECTL_FAULT"
 POINTS = ("write.before_fsync", "write.before_replace", "write.after_replace", "stage.written",
           "sync.after", "lock.held", "mutex.held", "rename.done", "counts.written",
-          "note.written")
+          "note.written", "id.marked")
 
 _target: tuple[str, int, str | None] | None = None
 _hits = 0

@@ -87,6 +87,28 @@ def write_private(path: str, data: bytes, durable: bool = False) -> None:
     fault("stage.written")
 
 
+# POSIX renames a file another descriptor has open (and locked); Windows refuses a file open
+# without delete sharing, which os.open never asks for.
+RENAME_OPEN_FILES = os.name == "posix"
+
+
+def write_locked(path: str, data: bytes, durable: bool = False) -> int:
+    """Creates `path` (O_EXCL, 0600) holding `data`, with an exclusive lock on it; returns the
+    descriptor, which holds the lock until it is closed: whoever probes the lock (see
+    `probe_lock`) learns whether its writer still lives."""
+    fd = os.open(path, _NEW_FILE, FILE_MODE)
+    try:
+        _try_lock(fd, exclusive=True)  # a new file: nobody else can hold it
+        _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    fault("stage.written")
+    return fd
+
+
 def fsync_dir(path: str) -> None:
     """Makes a rename or unlink in `path` durable; a no-op where directories cannot be opened."""
     if os.name != "posix":
