@@ -1238,10 +1238,11 @@ class JsonStorage(Storage):
 
     def _note(self, owner: str, done_add: tuple[str, list[Any]] | None = None, done_clear: bool = False,
               **fields: Any) -> None:
-        """The owner's lock note, for recovery: the attempt it runs, its process group, and the
-        results written but not committed yet ("done").
+        """The owner's lock note, for recovery: the attempt it runs, its process group, the
+        successes it holds ("ended", see `hold_result`) and the results written but not
+        committed yet ("done").
 
-        "done" is kept serialized and grown in place: the note is rewritten three or four times a
+        "done" is kept serialized and grown in place: the note is rewritten three to five times a
         job, and re-encoding a batch's worth of results each time cost more than the rest of it.
         """
         lock = self._owners.get(owner)
@@ -1451,7 +1452,9 @@ class JsonStorage(Storage):
             job.started_at = note.get("started_at")
             job.finished_at = None
         elif ended := _ended_entry(note, job.id) or _ended_entry({"ended": self._held.get(owner)}, job.id):
-            job.attempts, job.started_at, job.finished_at = ended[0], ended[1], None  # result held
+            # its result held: the note read from disk lists it, and so does this process's own
+            # record when the owner is ours (the in-memory note keeps "ended" apart)
+            job.attempts, job.started_at, job.finished_at = ended[0], ended[1], None
 
     def _write(self, path: str, data: bytes, durable: bool = True, sync_dir: bool = True) -> None:
         try:
@@ -1487,7 +1490,7 @@ def _spare_name(owner: str, tag: str) -> str:
 
 
 def _json_value(value: Any) -> str:
-    """JSON for one value of a lock note; a note is written three times a job, and json.dumps
+    """JSON for one value of a lock note; a note is written three or four times a job, and json.dumps
     of the whole cost more than the write."""
     if type(value) is str:
         return _encode_str(value)

@@ -156,7 +156,7 @@ def write_file(path: str, data: bytes, durable: bool = True, sync_dir: bool = Tr
 
 def _write_at_start(fd: int, data: bytes) -> None:
     """Overwrites the file from its first byte: pwrite where there is one (one call, not two: a
-    worker rewrites its note three times a job)."""
+    worker rewrites its note three or four times a job)."""
     if not hasattr(os, "pwrite"):  # Windows
         os.lseek(fd, 0, os.SEEK_SET)
         _write_all(fd, data)
