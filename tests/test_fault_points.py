@@ -476,20 +476,43 @@ def _fork_chain(op: Op, point: str, template: Path, slot: Path,
         tally["kills"] += 1
         tally[point] += 1
         view = _view(case.data)
-        _loads(case.data, view)
-        op.after_kill(case, view, _output(case))
-        if op.follow_in_child:
-            status = yield case, None, lambda m, seen=view: op.follow(m, seen)
-            assert status == 0, f"the command after {where} failed:\n{_output(case)}"
-            tally["stranded"] += len(_output(case))
-        else:  # no fork: this process never arms a point
-            store = get_storage(str(case.data))
-            try:
-                tally["stranded"] += len(op.follow(QueueManager(store), view))
-            finally:
-                store.close()
-        op.final(case, _view(case.data))
+        left = _left(case.data, view)
+        try:
+            _loads(case.data, view)
+            op.after_kill(case, view, _output(case))
+            if op.follow_in_child:
+                status = yield case, None, lambda m, seen=view: op.follow(m, seen)
+                assert status == 0, f"the command after failed:\n{_output(case)}"
+                tally["stranded"] += len(_output(case))
+            else:  # no fork: this process never arms a point
+                store = get_storage(str(case.data))
+                try:
+                    tally["stranded"] += len(op.follow(QueueManager(store), view))
+                finally:
+                    store.close()
+            op.final(case, _view(case.data))
+        except AssertionError as e:
+            # a failure that comes once in many runs must say where it was cut and what it left
+            raise AssertionError(f"{where}: {e}\nleft by the kill:\n{left}\nnow:\n{_left(case.data, None)}") from e
         n += 1
+
+
+def _left(data: Path, view: dict | None) -> str:
+    """What a killed operation left, for a failure's message: where each job is and what its
+    file says, the owners' notes and the temp files."""
+    lines = []
+    try:
+        view = view if view is not None else _view(data)
+    except AssertionError as e:
+        return f"  (cannot be read: {e})"
+    for job_id, (state, job) in sorted(view.items()):
+        lines.append(f"  {job_id}: {state} (file: {job.get('state')}, attempts {job.get('attempts')}, "
+                     f"history {job.get('history')})")
+    for folder in ("processing", "owners", "tmp"):
+        for name in sorted(os.listdir(data / folder)) if (data / folder).is_dir() else ():
+            text = (data / folder / name).read_text(errors="replace").strip() if folder == "owners" else ""
+            lines.append(f"  {folder}/{name} {text}".rstrip())
+    return "\n".join(lines)
 
 
 def _drive(chains: list[Generator], parallel: int) -> None:
