@@ -78,30 +78,37 @@ def _build_template(root: Path, dead: int, pending: int, work: bool) -> Path:
     return root
 
 
-_SNAPSHOTS: dict[Path, tuple[list[str], list[tuple[str, bytes]]]] = {}
+_SNAPSHOTS: dict[Path, tuple[list[str], list[tuple[str, bytes, int]]]] = {}
 
 
 def _clone(src: Path, dst: Path) -> None:
     """Copies a store at rest: its folders, and its regular files with their bytes read once
-    (the wake-up FIFO is made again on demand). Templates never change once copied."""
+    (the wake-up FIFO is made again on demand). Templates never change once copied.
+
+    Owners' lock files keep their time: recovery tells a dead worker's command from a later
+    process given the same number by when the note was written."""
     if src not in _SNAPSHOTS:
         folders, files = [], []
         for dirpath, _dirnames, filenames in os.walk(src):
             folders.append(os.path.relpath(dirpath, src))
             for name in filenames:
                 path = os.path.join(dirpath, name)
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    files.append((os.path.relpath(path, src), Path(path).read_bytes()))
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode):
+                    files.append((os.path.relpath(path, src), Path(path).read_bytes(), st.st_mtime_ns))
         _SNAPSHOTS[src] = folders, files
     folders, files = _SNAPSHOTS[src]
     for folder in folders:
         os.makedirs(os.path.join(dst, folder), mode=0o700, exist_ok=True)
-    for rel, content in files:
-        fd = os.open(os.path.join(dst, rel), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    for rel, content, mtime in files:
+        path = os.path.join(dst, rel)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             assert os.write(fd, content) == len(content)
         finally:
             os.close(fd)
+        if rel.endswith(".lock"):
+            os.utime(path, ns=(mtime, mtime))
 
 
 def _parse(path: Path) -> Any:

@@ -810,3 +810,47 @@ def test_the_staged_file_of_a_dead_enqueue_does_not_hold_its_id(tmp_path):
         assert store.get("x") is not None
     finally:
         store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tells the groups apart through /proc")
+@pytest.mark.parametrize("member, ended", [
+    pytest.param("started before the note", True, id="started-before-the-note"),
+    pytest.param("started later, with the worker's mark", True, id="later-with-mark"),
+    pytest.param("started later, unmarked", False, id="later-unmarked"),
+])
+def test_recovery_signals_a_noted_group_only_while_it_is_the_dead_workers_command(tmp_path, member, ended):
+    """A note can name a process group whose command has ended (the worker died before its next
+    note), and the number can belong to another process's group by the time recovery reads it.
+    Recovery ends the group only if a member carries the worker's mark or started before the
+    note was written; a later, unmarked group is a stranger's and is left alone."""
+    import subprocess
+    import time
+
+    from queuectl.core.utils.proc import group_alive, run_marks
+
+    owner = "worker-noted-1"
+    path = _store(tmp_path, {"id": "j", "command": "true"})
+    env = {**os.environ, **run_marks(owner, "j", 1)} if "mark" in member and "unmarked" not in member else None
+    group = subprocess.Popen(["sleep", "30"], start_new_session=True, env=env)
+    try:
+        def noted_then_killed(m: QueueManager) -> None:
+            m.storage.register_owner(owner)
+            m.claim(owner)
+            m.storage.note_running(owner, group.pid)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        assert os.WTERMSIG(_in_child(path, noted_then_killed)) == signal.SIGKILL
+        if member != "started before the note":
+            lock = Path(path) / "owners" / f"{owner}.lock"
+            then = time.time() - 30  # the note is older than the group: the group came later
+            os.utime(lock, (then, then))
+        store = get_storage(path)
+        try:
+            _recovered_with_its_death(store, "j")
+        finally:
+            store.close()
+        assert group_alive(group.pid) is not ended, member
+    finally:
+        if group.poll() is None:
+            os.killpg(group.pid, signal.SIGKILL)
+        group.wait()

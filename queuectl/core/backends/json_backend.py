@@ -982,7 +982,7 @@ class JsonStorage(Storage):
             stuck = False
             try:
                 note = _parse_note(fs.read_note(lock))
-                self._end_orphan_command(owner, note)
+                self._end_orphan_command(owner, note, fs.modified_at(lock))
                 # Listed again now that its lock is ours: it may have claimed more before it died,
                 # and the note that names those goes with the lock file once we are done.
                 names = [n for n in self._names("processing") if n.partition("__")[0] == owner and n.endswith(".json")]
@@ -1004,8 +1004,9 @@ class JsonStorage(Storage):
             self.recount()  # a dead worker may have died with count changes unwritten
         return results
 
-    def _end_orphan_command(self, owner: str, note: dict[str, Any]) -> None:
-        from ..utils.proc import kill_group, marked_session, run_marks  # subprocess loads only now
+    def _end_orphan_command(self, owner: str, note: dict[str, Any], noted_at: float | None) -> None:
+        """`noted_at`: when the note was last written."""
+        from ..utils.proc import end_orphan_group, marked_session, run_marks  # subprocess loads only now
 
         pgid = note.get("pgid") or 0
         if not (isinstance(pgid, int) and pgid > 0) and note.get("job") and type(note.get("attempt")) is int:
@@ -1013,8 +1014,7 @@ class JsonStorage(Storage):
             # command, if it started, carries the attempt's marks in its environment.
             pgid = marked_session(run_marks(owner, str(note["job"]), note["attempt"])) or 0
         if isinstance(pgid, int) and pgid > 0:
-            log.warning("Ending process group %s left running by dead worker %s", pgid, owner)
-            kill_group(pgid, ORPHAN_KILL_GRACE)
+            end_orphan_group(pgid, owner, noted_at, ORPHAN_KILL_GRACE)
 
     def _recover_one(self, name: str, decide: Callable[[Job], Job], note: dict[str, Any],
                      completed: Callable[[Job, float], Job] | None = None) -> Job | None:

@@ -47,7 +47,7 @@ from .. import metrics
 from ..errors import ConflictError, DuplicateJobError, StorageError
 from ..job import Job, JobState
 from ..storage import ManagerInfo, Storage
-from ..utils.proc import kill_group, marked_session, run_marks
+from ..utils.proc import end_orphan_group, kill_group, marked_session, run_marks
 
 try:
     import redis
@@ -821,8 +821,9 @@ class RedisStorage(Storage):
         if pgid <= 0:
             return
         if note.get("host") == self._host:
-            log.warning("Ending process group %s left running by dead worker %s", pgid, owner)
-            kill_group(pgid, ORPHAN_KILL_GRACE)
+            noted_at = note.get("at")
+            end_orphan_group(pgid, owner, float(noted_at) if type(noted_at) in (int, float) else None,
+                             ORPHAN_KILL_GRACE)
         else:
             # A process group can only be signalled from its own machine: if that machine is
             # alive (the worker alone died), the command may still run there while the job runs
@@ -858,7 +859,9 @@ class RedisStorage(Storage):
         key = self._key("owner", owner)
 
         def write() -> None:
-            info = {"host": self._host, "pid": os.getpid(), "pgid": self._pgids.get(owner) or 0}
+            # "at": a recoverer tells the noted group from a later process given its number
+            info = {"host": self._host, "pid": os.getpid(), "pgid": self._pgids.get(owner) or 0,
+                    "at": round(time.time(), 3)}
             pipe = self._r.pipeline(transaction=True)
             pipe.hset(key, mapping=info)
             pipe.expire(key, self._lease_seconds)

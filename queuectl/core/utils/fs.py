@@ -319,6 +319,14 @@ def read_note(lock: HeldLock) -> str:
     return _read_note(lock.fd)
 
 
+def modified_at(lock: HeldLock) -> float | None:
+    """When the lock's note was last written (None if that cannot be told)."""
+    try:
+        return os.fstat(lock.fd).st_mtime if lock.fd is not None else None
+    except OSError:
+        return None
+
+
 def _read_note(fd: int) -> str:
     """The whole note: a busy worker's list of uncommitted results can outgrow NOTE_SIZE."""
     os.lseek(fd, 0, os.SEEK_SET)

@@ -11,6 +11,9 @@ import subprocess
 import time
 from typing import IO, Iterator
 
+from .log import get_logger
+
+log = get_logger(__name__)
 POSIX = os.name == "posix"
 
 
@@ -240,6 +243,53 @@ def kill_group(pgid: int, grace: float, proc: subprocess.Popen | None = None) ->
         time.sleep(0.02)
     if POSIX:
         signal_group(pgid, signal.SIGKILL)
+
+
+# A process's start time read from /proc against a note's time: ticks of 10 ms, and a clock
+# that may have been stepped since; a reused pid takes a full turn of the pid space first.
+NOTED_SLACK = 1.0
+
+
+def noted_group_is_theirs(pgid: int, owner: str, noted_at: float | None) -> bool:
+    """Whether process group `pgid`, which dead worker `owner` noted as its command's, may still
+    be that command: a live member carries the worker's mark (see `run_marks`), or started
+    before the note was last written (when the noted command still held that pid, alive or
+    waiting to be reaped). Otherwise the group is gone, or its number is another process's by
+    now, and signalling it would end a stranger. True where there is no /proc to tell."""
+    needle = f"QUEUECTL_WORKER={owner}".encode()
+    try:
+        stats = list(_process_stats())
+        hz = os.sysconf("SC_CLK_TCK")
+        since_boot = time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+    except (OSError, ValueError, AttributeError):
+        return True
+    now = time.time()
+    for pid, fields in stats:
+        try:
+            if int(fields[2]) != pgid or fields[0] == b"Z":
+                continue
+            started = now - (since_boot - int(fields[19]) / hz)
+        except (IndexError, ValueError):
+            continue
+        if noted_at is not None and started <= noted_at + NOTED_SLACK:
+            return True
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def end_orphan_group(pgid: int, owner: str, noted_at: float | None, grace: float) -> None:
+    """Ends the command a dead worker left running, by the process group its note names, unless
+    that group is gone or is someone else's by now (see `noted_group_is_theirs`)."""
+    if not noted_group_is_theirs(pgid, owner, noted_at):
+        log.info("Process group %s of dead worker %s is gone or no longer its own; left alone", pgid, owner)
+        return
+    log.warning("Ending process group %s left running by dead worker %s", pgid, owner)
+    kill_group(pgid, grace)
 
 
 def pid_alive(pid: int) -> bool:
