@@ -854,3 +854,12 @@ def test_recovery_signals_a_noted_group_only_while_it_is_the_dead_workers_comman
         if group.poll() is None:
             os.killpg(group.pid, signal.SIGKILL)
         group.wait()
+
+
+@pytest.mark.parametrize("value", ["job-1", 'say "hi"\n', "é", 0, 7, -3, 0.1, 1796633867.109648, 1e16, 1e-7, 123.0,
+                                   -0.0, float("nan"), float("inf"), None, [1, "x", 2.5]])
+def test_a_lock_note_encodes_each_value_as_json_does(value):
+    """Notes are encoded field by field for speed; recovery parses them with json."""
+    from queuectl.core.backends.json_backend import _json_value
+
+    assert _json_value(value) == json.dumps(value)

@@ -1496,6 +1496,8 @@ def _json_value(value: Any) -> str:
         return _encode_str(value)
     if type(value) is int:
         return str(value)
+    if type(value) is float and value - value == 0.0:  # finite: what json.dumps writes, at a tenth the cost
+        return repr(value)
     return json.dumps(value)
 
 
