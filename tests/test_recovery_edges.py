@@ -333,7 +333,7 @@ def test_a_command_started_but_not_yet_noted_is_ended_before_its_job_runs_again(
             from queuectl.core.backends.json_backend import JsonStorage
             from queuectl.core.worker import WorkerSettings, _worker_main
 
-            def die_before_noting(self, owner, pgid):
+            def die_before_noting(self, owner, pgid, defer=False):
                 if pgid:
                     os.kill(os.getpid(), signal.SIGKILL)
 

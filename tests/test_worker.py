@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from queuectl.core.errors import StorageError
 from queuectl.core.job import JobState
 from queuectl.core.queue import QueueManager
-from queuectl.core.storage import Storage
+from queuectl.core.storage import Storage, get_storage
 from queuectl.core.utils.proc import group_alive
 from queuectl.core.worker import Worker
 
@@ -97,9 +98,9 @@ def test_the_running_commands_group_is_noted_for_recovery(json_store, tmp_path):
     seen = []
     original = json_store.note_running
 
-    def spy(owner, pgid):
+    def spy(owner, pgid, defer=False):
         seen.append(pgid)
-        original(owner, pgid)
+        original(owner, pgid, defer)
 
     json_store.note_running = spy
     worker.run_once()
@@ -260,6 +261,68 @@ def test_a_held_result_is_in_the_workers_note_until_it_is_written(json_store, tm
     assert json_store.get(second.id).state is JobState.COMPLETED
 
 
+def _written_notes(monkeypatch) -> list[dict]:
+    """Every lock note written from now on, parsed."""
+    from queuectl.core.utils import fs
+
+    written: list[dict] = []
+    original = fs.HeldLock.note
+
+    def spy(self, text):
+        written.append(json.loads(text))
+        original(self, text)
+
+    monkeypatch.setattr(fs.HeldLock, "note", spy)
+    return written
+
+
+def test_the_next_commands_group_is_noted_with_the_held_result(json_store, tmp_path, monkeypatch):
+    """With a result held, the note that writes it also names the new command's process group:
+    three note writes a job, not four, and no write in which the group is missing once noted."""
+    manager = QueueManager(json_store)
+    first = manager.enqueue("true", priority=5)
+    second = manager.enqueue("true")
+    worker = Worker(manager, "worker-1")
+    try:
+        worker.register()
+        assert worker.run_once(hold=True)  # the first is held
+        written = _written_notes(monkeypatch)
+        assert worker.run_once(hold=True)  # the second runs while the first is written
+    finally:
+        worker.unregister()
+    assert [n.get("job") for n in written[:3]] == [second.id, second.id, second.id]
+    claim, with_group, ended = written[:3]
+    assert "pgid" not in claim and first.id in claim["ended"]
+    assert with_group["pgid"] > 0 and first.id in with_group["done"] and "ended" not in with_group
+    assert "pgid" not in ended and list(ended["ended"]) == [second.id]
+    assert all(json_store.get(j.id).state is JobState.COMPLETED for j in (first, second))
+
+
+def test_the_group_is_noted_even_when_writing_the_held_result_fails(json_store, tmp_path, monkeypatch):
+    from queuectl.core.backends import json_backend
+
+    manager = QueueManager(json_store)
+    manager.enqueue("true", priority=5)
+    second = manager.enqueue("true")
+    worker = Worker(manager, "worker-1")
+    try:
+        worker.register()
+        assert worker.run_once(hold=True)
+        written = _written_notes(monkeypatch)
+
+        def full_disk(path, data):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(json_backend, "_rewrite", full_disk)
+        with pytest.raises(StorageError):
+            worker.run_once(hold=True)
+        monkeypatch.undo()
+    finally:
+        worker.unregister()
+    noted = [n for n in written if n.get("job") == second.id and n.get("pgid")]
+    assert len(noted) == 1 and not noted[0]["done"]  # written by itself, the result being lost
+
+
 def test_a_reader_in_the_workers_process_sees_a_held_jobs_attempt(json_store):
     manager = QueueManager(json_store)
     job = manager.enqueue("true")
@@ -393,6 +456,59 @@ def test_job_lines_are_printed_as_logging_prints_them(monkeypatch):
     assert len(lines) == 3 and all(re.match(stamp + " - queuectl.core.worker - INFO - Job ", x) for x in lines)
     assert lines[0][23:] == lines[1][23:] == " - queuectl.core.worker - INFO - Job abc completed in 0.50s"
     assert lines[2].endswith("INFO - Job def started")
+
+
+def test_job_lines_are_kept_briefly_and_written_before_any_other_line(monkeypatch, tmp_path):
+    """A worker's job lines are written together: while its command runs, before it waits for
+    work, and before any line that goes through logging, so their order is kept."""
+    import io
+    import logging
+    import sys
+
+    from queuectl.core import worker as worker_module
+
+    saved = logging.root.handlers[:]
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    try:
+        worker_module.setup_logging("INFO")
+        worker_module.job_line("Job %s started", "a")
+        worker_module.job_line("Job %s completed in %.2fs", "a", 0.1)
+        assert stream.getvalue() == ""  # kept
+        worker_module.log.warning("Job %s failed", "b")
+        worker_module.job_line("Job %s started", "c")
+        worker_module.flush_lines()
+        ran = stream.getvalue().splitlines()
+        stream.seek(0)
+        stream.truncate()
+        # a real worker: a command that runs longer than the interval gets its start line out
+        # while it runs, and the end line is out before the worker waits for more work
+        manager = QueueManager(get_storage(str(tmp_path / "data")))
+        job = manager.enqueue(f"sleep {worker_module.LINE_FLUSH_INTERVAL * 4}")
+        worker = Worker(manager, "worker-1")
+        seen_while_running = []
+        original_wait = worker._wait
+
+        def wait(*args, **kwargs):
+            result = original_wait(*args, **kwargs)
+            seen_while_running.append(stream.getvalue())
+            return result
+
+        worker._wait = wait
+        stop = threading.Event()
+        worker.stop_event = stop
+        manager.storage.wait_for_work = lambda owner, timeout: (seen_before_idle.append(stream.getvalue()), stop.set())
+        seen_before_idle: list[str] = []
+        worker.run()
+        manager.storage.close()
+    finally:
+        logging.root.handlers[:] = saved
+        worker_module._direct.clear()
+        worker_module._lines.clear()
+    assert [line.split(" - ", 3)[3] for line in ran] == ["Job a started", "Job a completed in 0.10s",
+                                                          "Job b failed", "Job c started"]
+    assert f"Job {job.id} started" in seen_while_running[0]
+    assert f"Job {job.id} completed" in seen_before_idle[0]
 
 
 def test_a_steady_drain_reuses_its_files_instead_of_freeing_them(tmp_path, monkeypatch):

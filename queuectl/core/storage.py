@@ -163,8 +163,13 @@ class Storage(ABC):
     def unregister_owner(self, owner: str) -> None:
         """Ends `owner`'s registration; a no-op if it is not registered."""
 
-    def note_running(self, owner: str, pgid: int | None) -> None:
-        """Records the process group of `owner`'s running command, so a recovery can end it."""
+    def note_running(self, owner: str, pgid: int | None, defer: bool = False) -> None:
+        """Records the process group of `owner`'s running command, so a recovery can end it.
+
+        With `defer`, a backend may keep it for the next record it writes about `owner` (the
+        held result the worker writes next); the caller then calls again without `defer`, which
+        writes it unless that record did.
+        """
 
     @abstractmethod
     def register_manager(self, info: ManagerInfo) -> None:

@@ -81,6 +81,7 @@ class Worker:
             self._registered = True
 
     def unregister(self) -> None:
+        flush_lines()
         held = self._held
         try:
             self.record_held()
@@ -102,10 +103,11 @@ class Worker:
                     break
                 if not self.run_once(hold=True):
                     self.storage.flush()
+                    flush_lines()
                     self.storage.wait_for_work(self.owner, self.manager.config.poll_interval)
         finally:
             self.unregister()
-            log.info("Worker %s stopped", self.name)
+            log.info("Worker %s stopped", self.name)  # written after the buffered job lines
 
     def run_once(self, hold: bool = False) -> bool:
         """Claims one due job, runs it and records the result; False when nothing was due (nor held).
@@ -194,12 +196,18 @@ class Worker:
                 sink.close()
             return Outcome(exit_code=None, error=f"Cannot start command: {e.strerror or e}",
                            started=started, finished=time.time())
-        self.storage.note_running(self.owner, proc.pid)
+        # With a result held, its note (written next) carries the process group too: the
+        # command runs unnoted for that long, where recovery finds it by its marks (Linux).
+        held = self._held is not None
+        self.storage.note_running(self.owner, proc.pid, defer=held)
         began = time.monotonic()  # the timeout counts the held result's writing too
         try:
             self.record_held()
         except QueuectlError as e:  # raised once this command is over and its result recorded
             self._held_error = e
+        finally:
+            if held:  # written unless the held result's note did
+                self.storage.note_running(self.owner, proc.pid)
         try:
             ended = self._wait(proc, pump, timeout, job.id, began)
         finally:
@@ -253,6 +261,8 @@ class Worker:
             while True:
                 step = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
                 self.storage.tick()  # results and counts of earlier jobs do not wait for this one
+                if _lines and time.time() - _lines[0][0] >= LINE_FLUSH_INTERVAL:
+                    flush_lines()
                 if pump.open or pidfd is not None:
                     pump.pump(step, pidfd)
                     if proc.poll() is not None:
@@ -281,6 +291,10 @@ class Worker:
 
 _direct: list[logging.Handler] = []  # the handler `setup_logging` made
 _stamp: list[Any] = [None, ""]  # (second, its local time formatted) for `job_line`
+# Job lines not yet written: (time.time() of the first, text), see `job_line`.
+_lines: list[tuple[float, str]] = []
+# A job line waits at most this long, plus one of `Worker._wait`'s steps, before it is written.
+LINE_FLUSH_INTERVAL = 0.05
 
 
 def job_line(msg: str, *args: Any) -> None:
@@ -288,9 +302,11 @@ def job_line(msg: str, *args: Any) -> None:
 
     A worker prints two a job, and through logging a line cost 25 us in its loop (a record of
     twenty fields, filters, handler locks, the formatter's lookups): the two were a tenth of
-    the worker's CPU a job. While the root logger has only the handler `setup_logging` made, the line is
-    formatted as LOG_FORMAT would and written to that handler's stream; otherwise it goes
-    through logging.
+    the worker's CPU a job. While the root logger has only the handler `setup_logging` made, the
+    line is formatted as LOG_FORMAT would and kept, to be written with the others of the last
+    LINE_FLUSH_INTERVAL in one call (`flush_lines`): before any other log line, while a command
+    runs, before the worker waits for work and when it stops. A worker killed with SIGKILL loses
+    the lines of its last moments, never their order. Otherwise the line goes through logging.
     """
     if not _direct or logging.root.handlers != _direct or not log.isEnabledFor(logging.INFO):
         log.info(msg, *args)
@@ -299,12 +315,27 @@ def job_line(msg: str, *args: Any) -> None:
     second = int(now)
     if _stamp[0] != second:  # many lines a second: the formatted local time is kept
         _stamp[:] = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+    _lines.append((now, f"{_stamp[1]},{int((now - second) * 1000):03d} - {log.name} - INFO - {msg % args}\n"))
+
+
+def flush_lines() -> None:
+    """Writes the job lines `job_line` kept, in one call."""
+    if not _lines:
+        return
+    text = "".join(line for _, line in _lines)
+    _lines.clear()
     try:
         stream = _direct[0].stream  # type: ignore[attr-defined]
-        stream.write(f"{_stamp[1]},{int((now - second) * 1000):03d} - {log.name} - INFO - {msg % args}\n")
+        stream.write(text)
         stream.flush()
-    except (OSError, ValueError):  # a closed or broken stderr: logging would drop the line too
+    except (OSError, ValueError, IndexError):  # a closed or broken stderr: logging would drop them too
         pass
+
+
+def _lines_first(_record: logging.LogRecord) -> bool:
+    """A filter of the direct handler: the kept job lines are written before any other line."""
+    flush_lines()
+    return True
 
 
 def setup_logging(level: str) -> None:
@@ -317,6 +348,8 @@ def setup_logging(level: str) -> None:
     logging.logMultiprocessing = False
     logging._srcfile = None  # type: ignore[attr-defined]  # no caller lookup per line
     _direct[:] = logging.root.handlers
+    for handler in _direct:
+        handler.addFilter(_lines_first)
 
 
 # SIGINT and SIGTERM this worker process received: one that arrives while a command is being

@@ -118,6 +118,7 @@ class JsonStorage(Storage):
         self._done_json: dict[str, str] = {}  # per owner, see `_note`
         self._held: dict[str, dict[str, list[Any]]] = {}  # per owner, see `hold_result`
         self._stale_notes: set[str] = set()  # owners whose written note names an ended command
+        self._unwritten: set[str] = set()  # owners whose note has a process group not written yet
 
     # -- paths ---------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -1210,6 +1211,7 @@ class JsonStorage(Storage):
         lock = self._owners.pop(owner, None)
         self._notes.pop(owner, None)
         self._stale_notes.discard(owner)
+        self._unwritten.discard(owner)
         self._done_json.pop(owner, None)
         self._held.pop(owner, None)
         if lock is not None:
@@ -1226,8 +1228,16 @@ class JsonStorage(Storage):
         self._note(owner)
         return True
 
-    def note_running(self, owner: str, pgid: int | None) -> None:
+    def note_running(self, owner: str, pgid: int | None, defer: bool = False) -> None:
         if pgid:
+            note = self._notes.get(owner)
+            if note is not None and owner in self._owners:
+                if defer:  # the held result's note, written next, carries it: one write a job fewer
+                    note["pgid"] = pgid
+                    self._unwritten.add(owner)
+                    return
+                if note.get("pgid") == pgid and owner not in self._unwritten:
+                    return  # that note did
             self._note(owner, pgid=pgid)
             return
         # The command has ended. Its result, recorded next, rewrites the note without the group
@@ -1261,6 +1271,7 @@ class JsonStorage(Storage):
             done = "{" + entry + "}" if done == "{}" else done[:-1] + ", " + entry + "}"
         self._done_json[owner] = done
         self._stale_notes.discard(owner)
+        self._unwritten.discard(owner)
         head = "".join([f'"{k}": {_json_value(v)}, ' for k, v in note.items()])  # keys are ours: plain
         held = self._held.get(owner)
         if held:

@@ -891,7 +891,7 @@ class RedisStorage(Storage):
         except StorageError:
             pass  # the lease expires by itself
 
-    def note_running(self, owner: str, pgid: int | None) -> None:
+    def note_running(self, owner: str, pgid: int | None, defer: bool = False) -> None:
         """Keeps the pgid and host in the owner's lease and notes: a recoverer on the same host
         ends that process group; one on another host cannot (see _end_orphan_command)."""
         lease = self._owners.get(owner)
