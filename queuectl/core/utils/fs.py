@@ -154,12 +154,17 @@ def write_file(path: str, data: bytes, durable: bool = True, sync_dir: bool = Tr
         fsync_dir(folder)
 
 
+HAS_PWRITE = hasattr(os, "pwrite")
+
+
 def _write_at_start(fd: int, data: bytes) -> None:
     """Overwrites the file from its first byte: pwrite where there is one (one call, not two: a
     worker rewrites its note three or four times a job)."""
-    if not hasattr(os, "pwrite"):  # Windows
+    if not HAS_PWRITE:  # Windows
         os.lseek(fd, 0, os.SEEK_SET)
         _write_all(fd, data)
+        return
+    if os.pwrite(fd, data, 0) == len(data):  # a note of a page or so: one call writes it
         return
     view, offset = memoryview(data), 0
     while view:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import IO, Iterator
 
@@ -27,6 +28,7 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ"
 # run the fallback.
 POSIX_SPAWN = POSIX and hasattr(os, "posix_spawn")
 _spawn_state: dict[str, int] = {}
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 class _UsePopen(Exception):
@@ -150,7 +152,8 @@ def _posix_spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] 
     null = _dev_null()
     env = _environment()
     if extra_env:  # a copy of a few dozen entries: under a microsecond
-        env = {**env, **{os.fsencode(k): os.fsencode(v) for k, v in extra_env.items()}}  # type: ignore[dict-item]
+        env = {**env, **{k.encode(_FS_ENCODING, _FS_ERRORS): v.encode(_FS_ENCODING, _FS_ERRORS)  # type: ignore[dict-item]
+                         for k, v in extra_env.items()}}  # what os.fsencode does, without its checks
     opened: list[int] = []
     ends: list[_ReadEnd | None] = []
     targets: list[int] = []
