@@ -153,6 +153,27 @@ def test_metrics_are_kept_as_aggregates_not_read_from_jobs(manager):
     assert report["run_time_ms"]["count"] == 4 and report["run_time_ms"]["p50"] is not None
 
 
+def test_per_minute_counters_keep_the_last_hour_and_drop_older_ones_when_a_minute_begins():
+    from queuectl.core import metrics
+    from queuectl.core.job import Job
+
+    now = 1_800_000_000.0  # the start of a minute
+    minute = int(now // 60)
+    agg = metrics.empty()
+    agg["minutes"] = {str(m): [1, 0] for m in range(minute - 70, minute)}
+    old = Job(id="a", command="true", state=JobState.PROCESSING, attempts=1)
+    done = old.evolve(state=JobState.COMPLETED, history=[{"attempt": 1, "exit_code": 0, "duration": 0.5}])
+    metrics.apply(agg, old, done, now)
+    assert sorted(map(int, agg["minutes"])) == list(range(minute - metrics.KEEP_MINUTES, minute + 1))
+    assert agg["minutes"][str(minute)] == [1, 0]
+    agg["minutes"][str(minute - 61)] = [5, 5]  # none goes within a minute, older ones included
+    metrics.apply(agg, old, done, now + 30)
+    assert agg["minutes"][str(minute)] == [2, 0] and str(minute - 61) in agg["minutes"]
+    metrics.apply(agg, old, done, now + 60)  # the next minute begins
+    assert min(map(int, agg["minutes"])) == minute + 1 - metrics.KEEP_MINUTES
+    assert metrics.window(agg, 3600, now + 60)[0] == 3 + metrics.KEEP_MINUTES - 2
+
+
 def test_oldest_pending_age(manager):
     assert manager.metrics()["oldest_pending_age_seconds"] is None
     manager.enqueue("true")

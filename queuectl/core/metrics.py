@@ -72,8 +72,15 @@ def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
     last = new.history[-1]
     if last.get("counted") is False:
         return  # a forced stop: the attempt is given back, not judged
-    minute = str(int(now // 60))
-    bucket = agg["minutes"].setdefault(minute, [0, 0])
+    minutes = agg["minutes"]
+    minute = int(now // 60)
+    bucket = minutes.get(str(minute))
+    if bucket is None:
+        # Minutes past the window go when a new one begins: once a minute, not once a job (a
+        # pass over the hour's sixty keys was 5 us a job).
+        for key in [k for k in minutes if int(k) < minute - KEEP_MINUTES]:
+            del minutes[key]
+        bucket = minutes[str(minute)] = [0, 0]
     if new.state is JobState.COMPLETED:
         agg["completed_total"] += 1
         bucket[0] += 1
@@ -87,9 +94,6 @@ def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
             agg["dead_total"] += 1
     if last.get("duration") is not None:
         observe(agg["run_ms"], float(last["duration"]) * 1000)
-    cutoff = int(now // 60) - KEEP_MINUTES
-    for key in [k for k in agg["minutes"] if int(k) < cutoff]:
-        del agg["minutes"][key]
 
 
 def window(agg: dict[str, Any], seconds: int, now: float) -> tuple[float, float]:
