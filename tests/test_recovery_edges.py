@@ -134,6 +134,57 @@ def _died_once(store, job_id: str) -> None:
     assert [h["error"] for h in job.history] == ["Worker died during attempt 1"]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the command through /proc")
+def test_a_worker_killed_before_writing_the_held_result_that_carries_the_group_is_recovered(tmp_path):
+    """With a result held, the next command's group is noted only in the write of that result.
+    Killed just before it: the held job is completed from the note's "ended" (it does not run
+    again), and the running command, in no note, is found by its marks and ended."""
+    import time
+
+    from queuectl.core.utils.proc import group_alive
+
+    pidfile = tmp_path / "pid"
+    marker = tmp_path / "marker"
+    path = _store(tmp_path, {"id": "first", "command": f"echo first >> '{marker}'", "priority": 9},
+                  {"id": "long", "command": f"echo $$ > '{pidfile}.tmp'; mv '{pidfile}.tmp' '{pidfile}'; "
+                                            "sleep 60"})
+    pid = os.fork()
+    if pid == 0:
+        try:
+            from queuectl.core.backends import json_backend
+
+            def die_before_writing(self, src, old, new):
+                while not pidfile.exists():  # the next command is up, its group not noted
+                    time.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            worker = Worker(QueueManager(get_storage(path)))
+            worker.run_once(hold=True)
+            json_backend.JsonStorage._queue_commit = die_before_writing
+            worker.run_once(hold=True)
+        finally:
+            os._exit(1)
+    assert os.WTERMSIG(os.waitpid(pid, 0)[1]) == signal.SIGKILL
+    command = int(pidfile.read_text())
+    try:
+        store = get_storage(path)
+        try:
+            assert group_alive(command)
+            QueueManager(store).recover()
+            first = store.get("first")
+            assert first.state is JobState.COMPLETED and first.attempts == 1
+            _died_once(store, "long")
+        finally:
+            store.close()
+        assert not group_alive(command)
+        assert marker.read_text().split() == ["first"]
+    finally:
+        try:
+            os.killpg(command, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _recovered_with_its_death(store, job_id: str) -> None:
     QueueManager(store).recover()
     _died_once(store, job_id)

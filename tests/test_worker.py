@@ -279,6 +279,9 @@ def _written_notes(monkeypatch) -> list[dict]:
 def test_the_next_commands_group_is_noted_with_the_held_result(json_store, tmp_path, monkeypatch):
     """With a result held, the note that writes it also names the new command's process group:
     three note writes a job, not four, and no write in which the group is missing once noted."""
+    from queuectl.core.backends import json_backend
+
+    monkeypatch.setattr(json_backend, "COUNT_FLUSH_INTERVAL", float("inf"))  # no batch commit between
     manager = QueueManager(json_store)
     first = manager.enqueue("true", priority=5)
     second = manager.enqueue("true")
@@ -321,6 +324,38 @@ def test_the_group_is_noted_even_when_writing_the_held_result_fails(json_store, 
         worker.unregister()
     noted = [n for n in written if n.get("job") == second.id and n.get("pgid")]
     assert len(noted) == 1 and not noted[0]["done"]  # written by itself, the result being lost
+
+
+def test_the_group_is_noted_again_when_the_note_carrying_it_could_not_be_written(json_store, monkeypatch):
+    from queuectl.core.utils import fs
+
+    manager = QueueManager(json_store)
+    manager.enqueue("true", priority=5)
+    second = manager.enqueue("true")
+    worker = Worker(manager, "worker-1")
+    written: list[dict] = []
+    original = fs.HeldLock.note
+
+    def note(self, text):
+        data = json.loads(text)
+        if data.get("pgid") and data["done"] and {"failed": True} not in written:
+            written.append({"failed": True})
+            raise OSError(5, "Input/output error")
+        written.append(data)
+        original(self, text)
+
+    try:
+        worker.register()
+        assert worker.run_once(hold=True)
+        monkeypatch.setattr(fs.HeldLock, "note", note)
+        with pytest.raises(OSError):
+            worker.run_once(hold=True)
+        monkeypatch.undo()
+    finally:
+        worker.unregister()
+    failed = written.index({"failed": True})
+    after = written[failed + 1]
+    assert after["job"] == second.id and after["pgid"] > 0  # written on its own after
 
 
 def test_a_reader_in_the_workers_process_sees_a_held_jobs_attempt(json_store):
@@ -509,6 +544,37 @@ def test_job_lines_are_kept_briefly_and_written_before_any_other_line(monkeypatc
                                                           "Job b failed", "Job c started"]
     assert f"Job {job.id} started" in seen_while_running[0]
     assert f"Job {job.id} completed" in seen_before_idle[0]
+
+
+def test_job_lines_are_written_before_a_wait_for_the_rate_limit(monkeypatch, json_store):
+    import io
+    import logging
+    import sys
+
+    from queuectl.core import worker as worker_module
+
+    saved = logging.root.handlers[:]
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    manager = QueueManager(json_store)
+    manager.set_config("rate_limit", "1")
+    first = manager.enqueue("true")
+    manager.enqueue("true")
+    seen_at_sleep: list[str] = []
+    monkeypatch.setattr(worker_module.time, "sleep", lambda _s: seen_at_sleep.append(stream.getvalue()))
+    monkeypatch.setattr(json_store, "take_start_slot", lambda rate: 0.0 if not seen_at_sleep else -1.0)
+    worker = Worker(manager, "worker-1")
+    try:
+        worker_module.setup_logging("INFO")
+        assert worker.run_once(hold=True)
+        monkeypatch.setattr(json_store, "take_start_slot", lambda rate: 0.5 if not seen_at_sleep else 0.0)
+        assert worker.run_once(hold=True)
+    finally:
+        worker.unregister()
+        logging.root.handlers[:] = saved
+        worker_module._direct.clear()
+        worker_module._lines.clear()
+    assert f"Job {first.id} started" in seen_at_sleep[0] and f"Job {first.id} completed" in seen_at_sleep[0]
 
 
 def test_a_steady_drain_reuses_its_files_instead_of_freeing_them(tmp_path, monkeypatch):

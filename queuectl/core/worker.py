@@ -176,6 +176,7 @@ class Worker:
             if wait <= 0:
                 return
             self.record_held()  # not kept waiting for the slot
+            flush_lines()
             time.sleep(min(wait, 1.0))
 
     def execute(self, job: Job) -> Outcome | None:
@@ -261,7 +262,7 @@ class Worker:
             while True:
                 step = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
                 self.storage.tick()  # results and counts of earlier jobs do not wait for this one
-                if _lines and time.time() - _lines[0][0] >= LINE_FLUSH_INTERVAL:
+                if _lines and time.time() - _lines_since[0] >= LINE_FLUSH_INTERVAL:
                     flush_lines()
                 if pump.open or pidfd is not None:
                     pump.pump(step, pidfd)
@@ -291,8 +292,11 @@ class Worker:
 
 _direct: list[logging.Handler] = []  # the handler `setup_logging` made
 _stamp: list[Any] = [None, ""]  # (second, its local time formatted) for `job_line`
-# Job lines not yet written: (time.time() of the first, text), see `job_line`.
-_lines: list[tuple[float, str]] = []
+# Job lines not yet written (see `job_line`), and the time.time() of the first of them.
+_lines: list[str] = []
+_lines_since = [0.0]
+# A backend's own thread (Redis's lease keeper) may log, and so flush, beside the worker's.
+_lines_lock = threading.Lock()
 # A job line waits at most this long, plus one of `Worker._wait`'s steps, before it is written.
 LINE_FLUSH_INTERVAL = 0.05
 
@@ -315,21 +319,26 @@ def job_line(msg: str, *args: Any) -> None:
     second = int(now)
     if _stamp[0] != second:  # many lines a second: the formatted local time is kept
         _stamp[:] = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
-    _lines.append((now, f"{_stamp[1]},{int((now - second) * 1000):03d} - {log.name} - INFO - {msg % args}\n"))
+    if not _lines:
+        _lines_since[0] = now
+    _lines.append(f"{_stamp[1]},{int((now - second) * 1000):03d} - {log.name} - INFO - {msg % args}\n")
 
 
 def flush_lines() -> None:
     """Writes the job lines `job_line` kept, in one call."""
     if not _lines:
         return
-    text = "".join(line for _, line in _lines)
-    _lines.clear()
-    try:
-        stream = _direct[0].stream  # type: ignore[attr-defined]
-        stream.write(text)
-        stream.flush()
-    except (OSError, ValueError, IndexError):  # a closed or broken stderr: logging would drop them too
-        pass
+    with _lines_lock:  # written under it too: two flushes never swap their lines
+        # Only the worker's thread adds lines: one added meanwhile stays for the next flush.
+        count = len(_lines)
+        text = "".join(_lines[:count])
+        del _lines[:count]
+        try:
+            stream = _direct[0].stream  # type: ignore[attr-defined]
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError, IndexError):  # a closed or broken stderr: logging would drop them too
+            pass
 
 
 def _lines_first(_record: logging.LogRecord) -> bool:

@@ -1270,14 +1270,15 @@ class JsonStorage(Storage):
             entry = f"{_json_value(done_add[0])}: [{', '.join(map(_json_value, done_add[1]))}]"
             done = "{" + entry + "}" if done == "{}" else done[:-1] + ", " + entry + "}"
         self._done_json[owner] = done
-        self._stale_notes.discard(owner)
-        self._unwritten.discard(owner)
         head = "".join([f'"{k}": {_json_value(v)}, ' for k, v in note.items()])  # keys are ours: plain
         held = self._held.get(owner)
         if held:
             head += '"ended": {' + ", ".join(
                 f"{_json_value(i)}: [{', '.join(map(_json_value, e))}]" for i, e in held.items()) + "}, "
         lock.note("{" + head + '"done": ' + done + "}")
+        # only once it is written: a failed write leaves a deferred group to be written again
+        self._stale_notes.discard(owner)
+        self._unwritten.discard(owner)
         fault("note.written")
 
     def register_manager(self, info: ManagerInfo) -> None:
