@@ -40,11 +40,18 @@ def test_a_stored_job_reads_the_same_whatever_the_order_or_extra_keys_of_its_fie
         assert again == job and again.state is JobState.PENDING
         assert json.loads(again.to_json()) == data
         assert list(json.loads(again.to_json())) == list(data)  # written in field order again
-    for bad in ({**data, "attempts": "1"}, {**data, "history": "not a list"}, {**data, "attempts": True}):
+    # After good jobs of the same shape (their types are remembered, see __post_init__)
+    for bad in ({**data, "attempts": "1"}, {**data, "history": "not a list"}, {**data, "attempts": True},
+                {**data, "history": [1]}, {**data, "after": [2]}, {**data, "timeout": 1.5}):
         with pytest.raises(TypeError):
             Job.from_json(json.dumps(bad).encode())
-    with pytest.raises(ValueError):
-        Job.from_json(json.dumps({**data, "state": "bogus"}).encode())
+    for state in ("bogus", ["pending"], None):
+        with pytest.raises(ValueError):
+            Job.from_json(json.dumps({**data, "state": state}).encode())
+    assert Job.from_json(job.to_json() + b"\n\t ") == job  # JSON's own whitespace may follow
+    for tail in (b" x", b"\x0b", b"{}"):
+        with pytest.raises(ValueError):
+            Job.from_json(job.to_json() + tail)
     with pytest.raises(ValueError):
         Job.from_json(b"\xff{}")  # not UTF-8: unreadable like any other broken file
 
@@ -91,3 +98,16 @@ def test_now_iso_formats_as_datetime_does_at_the_edges():
     for ts in edges:
         assert now_iso(ts) == reference(ts), ts
     assert now_iso(1796063264.0339) == "2026-11-30T18:27:44.033Z"
+
+
+def test_every_setting_reads_as_an_attribute_and_none_hides_a_method():
+    """Config copies the settings into its attributes (a lookup through __getattr__ raised and
+    caught an AttributeError each time): a setting named like a method would hide it."""
+    from queuectl.core.utils.config import SETTINGS, Config
+
+    config = Config({"max_retries": 7})
+    assert not set(SETTINGS) & set(vars(Config))
+    assert config.max_retries == 7
+    assert all(getattr(config, key) == value for key, value in config.items())
+    with pytest.raises(AttributeError):
+        config.no_such_setting  # noqa: B018

@@ -130,14 +130,23 @@ class Job:
 
     def __post_init__(self) -> None:
         if type(self.state) is not JobState:
-            self.state = JobState(self.state)
+            # Enum's own lookup goes through its metaclass's __call__ and __new__ in Python
+            state = self.state
+            self.state = _STATES[state] if type(state) is str and state in _STATES else JobState(state)
         values = self.__dict__
-        for name, kinds in _FIELD_TYPE_ITEMS:
-            value = values[name]
-            # Exact types first: what JSON gives. Subclasses pass too, but a bool is no int.
-            if type(value) not in kinds and (not isinstance(value, kinds) or isinstance(value, bool)):
-                raise TypeError(f"job field '{name}' has the wrong type ({type(value).__name__})")
-        if not all(isinstance(h, dict) for h in self.history) or not all(isinstance(a, str) for a in self.after):
+        # The fields' types, in order (as __init__ and `from_dict` set them): a worker reads a
+        # job a claim, nearly always with types seen before, and one lookup answers for all.
+        kinds = tuple(map(type, values.values()))
+        if kinds not in _TYPES_SEEN:
+            for name, allowed in _FIELD_TYPE_ITEMS:
+                value = values[name]
+                # Exact types first: what JSON gives. Subclasses pass too, but a bool is no int.
+                if type(value) not in allowed and (not isinstance(value, allowed) or isinstance(value, bool)):
+                    raise TypeError(f"job field '{name}' has the wrong type ({type(value).__name__})")
+            if len(_TYPES_SEEN) < TYPES_SEEN_MAX and len(kinds) == len(_FIELD_NAMES):
+                _TYPES_SEEN.add(kinds)
+        if (self.history and not all(type(h) is dict or isinstance(h, dict) for h in self.history)) or \
+                (self.after and not all(type(a) is str or isinstance(a, str) for a in self.after)):
             raise TypeError("job fields 'history' and 'after' must be lists of objects and of ids")
         if not self.command or not self.command.strip():
             raise ValidationError("job command is empty")
@@ -207,7 +216,7 @@ class Job:
             d = dict(values)
         else:
             d = {name: getattr(self, name) for name in _FIELD_NAMES}
-        d["state"] = self.state.value
+        d["state"] = _STATE_VALUES[self.state]
         return d
 
     @classmethod
@@ -227,7 +236,11 @@ class Job:
     def from_json(cls, raw: bytes) -> Job:
         # queuectl writes UTF-8: decoded here, json.loads would first guess among the UTF-16/32s.
         try:
-            data = _DECODE(raw.decode())
+            text = raw.decode()
+            # raw_decode: decode() would also match a whitespace pattern at both ends
+            data, end = _RAW_DECODE(text)
+            if end != len(text) and text[end:].strip(" \t\n\r"):
+                raise ValueError("extra data after the object")
         except ValueError:
             data = json.loads(raw)  # a hand-edited file with a BOM, or in UTF-16/32, reads as before
         if not isinstance(data, dict):
@@ -237,9 +250,15 @@ class Job:
 
 _FIELD_NAMES = tuple(f.name for f in fields(Job))
 _FIELD_LIST = list(_FIELD_NAMES)
-_DECODE = json.JSONDecoder().decode
+_RAW_DECODE = json.JSONDecoder().raw_decode
 _KNOWN_FIELDS = frozenset(_FIELD_NAMES)
 _FIELD_TYPE_ITEMS = tuple(FIELD_TYPES.items())
+_STATES = {state.value: state for state in JobState}
+# `.value` of an Enum member is a Python-level descriptor; a dict lookup is not.
+_STATE_VALUES = {state: state.value for state in JobState}
+# Type signatures of jobs that passed the checks (see `Job.__post_init__`): a handful in practice.
+_TYPES_SEEN: set[tuple[type, ...]] = set()
+TYPES_SEEN_MAX = 1024
 # One encoder for every job file: json.dumps builds a new one per call when given options.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 

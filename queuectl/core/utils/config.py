@@ -153,6 +153,9 @@ class Config:
             if key in SETTINGS and key not in READ_ONLY:
                 self.values[key] = parse_value(key, raw)
         self.values["storage_path"] = storage_path
+        # Read as attributes too: a lookup that misses and falls back to __getattr__ costs an
+        # AttributeError raised and caught, and a worker reads four settings a job.
+        self.__dict__.update(self.values)
 
     def __getattr__(self, key: str) -> Any:
         try:
