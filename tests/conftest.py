@@ -39,6 +39,7 @@ def without_linux_fast_paths(monkeypatch) -> None:
 
     monkeypatch.setattr(fs, "_SYNCFS", [None])
     monkeypatch.delattr(os, "pidfd_open", raising=False)
+    monkeypatch.setattr(proc, "_PIDFD_OPEN", None)
     monkeypatch.delattr(os, "mkfifo", raising=False)
     monkeypatch.setattr(worker, "SELECTABLE_PIPES", False)
     monkeypatch.setattr(proc, "POSIX_SPAWN", False)

@@ -245,6 +245,7 @@ def test_a_held_result_is_in_the_workers_note_until_it_is_written(json_store, tm
         assert note["job"] == first.id and list(note["ended"]) == [first.id]
         attempt, started, ended = note["ended"][first.id]
         assert attempt == 1 and started == json_store.get(first.id).started_at and ended <= time.time()
+        assert worker._held is not None and abs(ended - worker._held[1].finished) <= 1e-6
         thread = threading.Thread(target=worker.run_once, kwargs={"hold": True})
         thread.start()
         try:  # the second command runs: the first result is written, and gone from "ended"

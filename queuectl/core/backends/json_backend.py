@@ -117,6 +117,10 @@ class JsonStorage(Storage):
         self._notes: dict[str, dict[str, Any]] = {}
         self._done_json: dict[str, str] = {}  # per owner, see `_note`
         self._held: dict[str, dict[str, list[Any]]] = {}  # per owner, see `hold_result`
+        # A note's parts as written, per owner: each head field and each held entry is encoded
+        # once, when it is set, not at each of the three writes a job.
+        self._head_parts: dict[str, dict[str, str]] = {}
+        self._held_parts: dict[str, dict[str, str]] = {}
         self._stale_notes: set[str] = set()  # owners whose written note names an ended command
         self._unwritten: set[str] = set()  # owners whose note has a process group not written yet
 
@@ -138,7 +142,7 @@ class JsonStorage(Storage):
         return f"{job.seq}_{job.id}.json"
 
     def _path(self, job: Job) -> str:
-        return self._p(job.state.value, self._name(job))
+        return self._p(STATE_DIRS[job.state], self._name(job))
 
     # -- store ---------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -647,7 +651,7 @@ class JsonStorage(Storage):
         """
         data = json.dumps(doc).encode()
         try:
-            fd = os.open(self._p("counts.json"), os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0),
+            fd = os.open(self._p("counts.json"), os.O_RDWR | os.O_CREAT | fs.O_BINARY,
                          fs.FILE_MODE)
             try:
                 data = data.ljust(os.fstat(fd).st_size)
@@ -698,7 +702,7 @@ class JsonStorage(Storage):
                 _key, state, name, job_id, due = self._candidates.pop()  # kept worst first
                 if due > now:
                     continue
-                src = self._p(state.value, name)
+                src = self._p(STATE_DIRS[state], name)
                 dst = self._p("processing", f"{owner}__{job_id}.json")
                 try:
                     _rename(src, dst)
@@ -823,7 +827,7 @@ class JsonStorage(Storage):
         """An owner that writes results unbatched: once a result is in place, its note no longer
         names the job as running or held. A note left naming it would give a later claim of the
         same job by this owner that stale attempt (see `_overlay_note`)."""
-        held = self._held.get(owner, {}).pop(job_id, None) is not None
+        held = self._drop_held(owner, job_id)
         if self._notes.get(owner, {}).get("job") == job_id:
             self._note(owner, job=None)
         elif held:
@@ -860,8 +864,7 @@ class JsonStorage(Storage):
         entry = [old.attempts, tag, old.started_at]
         if new.state in RUNNABLE:
             entry.append(self._name(new))
-        held = self._held.get(owner)
-        if held and held.pop(old.id, None) is not None and self._notes.get(owner, {}).get("job") != old.id:
+        if self._drop_held(owner, old.id) and self._notes.get(owner, {}).get("job") != old.id:
             # a held result (see `hold_result`): the note names the next attempt, which runs
             self._note(owner, done_add=(old.id, entry))
         else:
@@ -1210,6 +1213,8 @@ class JsonStorage(Storage):
     def unregister_owner(self, owner: str) -> None:
         lock = self._owners.pop(owner, None)
         self._notes.pop(owner, None)
+        self._head_parts.pop(owner, None)
+        self._held_parts.pop(owner, None)
         self._stale_notes.discard(owner)
         self._unwritten.discard(owner)
         self._done_json.pop(owner, None)
@@ -1224,8 +1229,22 @@ class JsonStorage(Storage):
         `_queue_commit` moves it to "done"; `recover` records such a job completed."""
         if owner not in self._owners:
             return False
-        self._held.setdefault(owner, {})[job.id] = [job.attempts, job.started_at, round(finished, 6)]
+        # Microseconds, formatted as integers: a float's repr (and round()) went through dtoa,
+        # a few microseconds a note.
+        micros = round(finished * 1e6)
+        self._held.setdefault(owner, {})[job.id] = [job.attempts, job.started_at, micros / 1e6]
+        self._held_parts.setdefault(owner, {})[job.id] = (
+            f"{_json_value(job.id)}: [{job.attempts}, {_json_value(job.started_at)}, "
+            f"{micros // 1_000_000}.{micros % 1_000_000:06d}]")
         self._note(owner)
+        return True
+
+    def _drop_held(self, owner: str, job_id: str) -> bool:
+        """Forgets a held result (written now, or given up); whether there was one."""
+        held = self._held.get(owner)
+        if not held or held.pop(job_id, None) is None:
+            return False
+        self._held_parts.get(owner, {}).pop(job_id, None)
         return True
 
     def note_running(self, owner: str, pgid: int | None, defer: bool = False) -> None:
@@ -1234,6 +1253,7 @@ class JsonStorage(Storage):
             if note is not None and owner in self._owners:
                 if defer:  # the held result's note, written next, carries it: one write a job fewer
                     note["pgid"] = pgid
+                    self._head_parts.setdefault(owner, {})["pgid"] = f'"pgid": {pgid}, '
                     self._unwritten.add(owner)
                     return
                 if note.get("pgid") == pgid and owner not in self._unwritten:
@@ -1244,6 +1264,7 @@ class JsonStorage(Storage):
         # (one write a job fewer); should it not come, the next claim writes the note first.
         note = self._notes.get(owner)
         if note and note.pop("pgid", None) is not None:
+            self._head_parts.get(owner, {}).pop("pgid", None)
             self._stale_notes.add(owner)
 
     def _note(self, owner: str, done_add: tuple[str, list[Any]] | None = None, done_clear: bool = False,
@@ -1259,10 +1280,14 @@ class JsonStorage(Storage):
         if lock is None:
             return
         note = self._notes.setdefault(owner, {})
+        parts = self._head_parts.setdefault(owner, {})
         if "job" in fields:
             note = {}  # a new attempt; uncommitted results stay listed
             self._notes[owner] = note
-        note.update(fields)
+            parts = self._head_parts[owner] = {}
+        for key, value in fields.items():  # keys are ours: plain
+            note[key] = value
+            parts[key] = f'"{key}": {_json_value(value)}, '
         done = self._done_json.get(owner, "{}")
         if done_clear:
             done = "{}"
@@ -1270,11 +1295,10 @@ class JsonStorage(Storage):
             entry = f"{_json_value(done_add[0])}: [{', '.join(map(_json_value, done_add[1]))}]"
             done = "{" + entry + "}" if done == "{}" else done[:-1] + ", " + entry + "}"
         self._done_json[owner] = done
-        head = "".join([f'"{k}": {_json_value(v)}, ' for k, v in note.items()])  # keys are ours: plain
-        held = self._held.get(owner)
+        head = "".join(parts.values())
+        held = self._held_parts.get(owner)
         if held:
-            head += '"ended": {' + ", ".join(
-                f"{_json_value(i)}: [{', '.join(map(_json_value, e))}]" for i, e in held.items()) + "}, "
+            head += '"ended": {' + ", ".join(held.values()) + "}, "
         lock.note("{" + head + '"done": ' + done + "}")
         # only once it is written: a failed write leaves a deferred group to be written again
         self._stale_notes.discard(owner)
@@ -1367,9 +1391,13 @@ class JsonStorage(Storage):
         fs.fsync_dir(folder)
 
     def dependants(self, dependency: str) -> list[str]:
-        # Asked of every finished job, and most have none: one failed call, not a scandir.
+        # Asked of every finished job, and most have none: one failed call, not a scandir, and
+        # one that fails without an exception (building a FileNotFoundError cost more).
+        folder = self._p("deps", dependency)
+        if not os.access(folder, os.F_OK):
+            return []
         try:
-            names = os.listdir(self._p("deps", dependency))
+            names = os.listdir(folder)
         except FileNotFoundError:
             return []
         except OSError as e:
@@ -1630,7 +1658,7 @@ def _rename(src: str, dst: str) -> None:
 
 def _read_file(path: str) -> tuple[bytes, int]:
     """A file's content and the inode it was read from."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    fd = os.open(path, os.O_RDONLY | fs.O_BINARY)
     try:
         st = os.fstat(fd)
         chunks, got = [], 0
@@ -1658,7 +1686,7 @@ def _rewrite(path: str, data: bytes) -> None:
     frees the blocks (a discard each, on this kind of mount) only to allocate them again. A
     process killed halfway leaves a file that does not parse, and nothing points to it yet.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), fs.FILE_MODE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | fs.O_BINARY, fs.FILE_MODE)
     try:
         view = memoryview(data)
         while view:

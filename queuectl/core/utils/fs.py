@@ -15,7 +15,10 @@ from .faults import fault
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+# Windows opens files in text mode without it. Looked up once: getattr of a name that is
+# missing raises and catches an AttributeError, and a worker opens files several times a job.
+O_BINARY: int = getattr(os, "O_BINARY", 0)
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY
 # A lock file's note is rewritten in place at this fixed size (padded), never truncated.
 NOTE_SIZE = 1024
 # A note is read up to this many 64 KiB chunks (a sane bound for a corrupt, huge lock file).
@@ -47,7 +50,7 @@ def sync_filesystem(path: str, files: list[str] | None = None) -> None:
                 fsync_dir(name)
                 continue
             # Windows flushes a file only through a handle that may write.
-            fd = os.open(name, os.O_RDWR | getattr(os, "O_BINARY", 0))
+            fd = os.open(name, os.O_RDWR | O_BINARY)
             try:
                 os.fsync(fd)
             finally:
@@ -135,7 +138,7 @@ def write_file(path: str, data: bytes, durable: bool = True, sync_dir: bool = Tr
     """
     folder = os.path.dirname(path)
     tmp = os.path.join(temp_dir or folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY, FILE_MODE)
     try:
         try:
             _write_all(fd, data)
@@ -212,7 +215,7 @@ class HeldLock:
     def __init__(self, path: str):
         self.path = path
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), FILE_MODE)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | O_BINARY, FILE_MODE)
             if not _try_lock(fd, exclusive=True):
                 os.close(fd)
                 raise BlockingIOError(errno.EWOULDBLOCK, "lock is held", path)
@@ -259,7 +262,7 @@ class Mutex:
         self.fd: int | None = None
 
     def __enter__(self) -> Mutex:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), FILE_MODE)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_BINARY, FILE_MODE)
         try:
             _lock_blocking(fd)
         except BaseException:
@@ -291,7 +294,7 @@ def probe_lock(path: str) -> tuple[bool, str]:
     held.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        fd = os.open(path, os.O_RDONLY | O_BINARY)
     except FileNotFoundError:
         return False, ""
     try:
@@ -307,7 +310,7 @@ def probe_lock(path: str) -> tuple[bool, str]:
 def take_stale_lock(path: str) -> HeldLock | None:
     """Takes the lock at `path` if its holder is gone (None if it is alive or the file is gone)."""
     try:
-        fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+        fd = os.open(path, os.O_RDWR | O_BINARY)
     except FileNotFoundError:
         return None
     if not _try_lock(fd, exclusive=True):
@@ -378,5 +381,5 @@ else:
 
 
 def open_append(path: str) -> IO[bytes]:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), FILE_MODE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_BINARY, FILE_MODE)
     return os.fdopen(fd, "ab")

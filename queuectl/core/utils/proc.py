@@ -410,13 +410,15 @@ def name_this_process(name: str) -> None:
         pass
 
 
+_PIDFD_OPEN = getattr(os, "pidfd_open", None)  # Linux 5.3 and later
+
+
 def exit_fd(pid: int) -> int | None:
     """A descriptor that becomes readable when `pid` exits (Linux pidfd), so waiting needs no
     polling; None where the platform has none."""
-    pidfd_open = getattr(os, "pidfd_open", None)
-    if pidfd_open is None:
+    if _PIDFD_OPEN is None:
         return None
     try:
-        return pidfd_open(pid)
+        return _PIDFD_OPEN(pid)
     except OSError:
         return None
