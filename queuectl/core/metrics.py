@@ -35,11 +35,13 @@ def _histogram() -> dict[str, Any]:
 
 
 def observe(hist: dict[str, Any], value_ms: float) -> None:
-    value_ms = max(0.0, value_ms)
+    if value_ms < 0.0:
+        value_ms = 0.0
     hist["buckets"][bisect.bisect_left(BUCKETS_MS, value_ms)] += 1
     hist["count"] += 1
     hist["sum"] += value_ms
-    hist["max"] = max(hist["max"], value_ms)
+    if value_ms > hist["max"]:
+        hist["max"] = value_ms
 
 
 def quantile(hist: dict[str, Any], q: float) -> float | None:
@@ -60,16 +62,22 @@ def quantile(hist: dict[str, Any], q: float) -> float | None:
 
 def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
     """Folds one state change into the aggregates."""
-    if old.state is JobState.PROCESSING and new.state is JobState.PROCESSING:
+    # A worker's flush passes two changes a job through here: the states are module globals,
+    # as an Enum member read off its class goes through the metaclass's __getattr__ hook.
+    if old.state is not _PROCESSING:
+        return
+    state = new.state
+    if state is _PROCESSING:
         if new.attempts == old.attempts + 1 and new.started_at:
             agg["attempts_total"] += 1
             started = _epoch(new.started_at)
             if started is not None:
                 observe(agg["wait_ms"], (started - old.due_at) * 1000)
         return
-    if old.state is not JobState.PROCESSING or not new.history:
+    history = new.history
+    if not history:
         return
-    last = new.history[-1]
+    last = history[-1]
     if last.get("counted") is False:
         return  # a forced stop: the attempt is given back, not judged
     minutes = agg["minutes"]
@@ -81,7 +89,7 @@ def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
         for key in [k for k in minutes if int(k) < minute - KEEP_MINUTES]:
             del minutes[key]
         bucket = minutes[str(minute)] = [0, 0]
-    if new.state is JobState.COMPLETED:
+    if state is _COMPLETED:
         agg["completed_total"] += 1
         bucket[0] += 1
     else:
@@ -90,10 +98,14 @@ def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
         code = last.get("exit_code")
         key = "timeout" if last.get("timed_out") else ("none" if code is None else str(code))
         agg["exit_codes"][key] = agg["exit_codes"].get(key, 0) + 1
-        if new.state is JobState.DEAD:
+        if state is _DEAD:
             agg["dead_total"] += 1
-    if last.get("duration") is not None:
-        observe(agg["run_ms"], float(last["duration"]) * 1000)
+    duration = last.get("duration")
+    if duration is not None:
+        observe(agg["run_ms"], float(duration) * 1000)
+
+
+_PROCESSING, _COMPLETED, _DEAD = JobState.PROCESSING, JobState.COMPLETED, JobState.DEAD
 
 
 def window(agg: dict[str, Any], seconds: int, now: float) -> tuple[float, float]:
