@@ -9,7 +9,7 @@ import bisect
 from datetime import datetime
 from typing import Any
 
-from .job import Job, JobState
+from .job import COMPLETED, DEAD, PROCESSING, Job
 
 # Histogram bounds in milliseconds (Prometheus-style "le" buckets; the last is +Inf).
 BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 3600000)
@@ -62,12 +62,10 @@ def quantile(hist: dict[str, Any], q: float) -> float | None:
 
 def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
     """Folds one state change into the aggregates."""
-    # A worker's flush passes two changes a job through here: the states are module globals,
-    # as an Enum member read off its class goes through the metaclass's __getattr__ hook.
-    if old.state is not _PROCESSING:
+    if old.state is not PROCESSING:
         return
     state = new.state
-    if state is _PROCESSING:
+    if state is PROCESSING:
         if new.attempts == old.attempts + 1 and new.started_at:
             agg["attempts_total"] += 1
             started = _epoch(new.started_at)
@@ -89,7 +87,7 @@ def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
         for key in [k for k in minutes if int(k) < minute - KEEP_MINUTES]:
             del minutes[key]
         bucket = minutes[str(minute)] = [0, 0]
-    if state is _COMPLETED:
+    if state is COMPLETED:
         agg["completed_total"] += 1
         bucket[0] += 1
     else:
@@ -98,14 +96,11 @@ def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
         code = last.get("exit_code")
         key = "timeout" if last.get("timed_out") else ("none" if code is None else str(code))
         agg["exit_codes"][key] = agg["exit_codes"].get(key, 0) + 1
-        if state is _DEAD:
+        if state is DEAD:
             agg["dead_total"] += 1
     duration = last.get("duration")
     if duration is not None:
         observe(agg["run_ms"], float(duration) * 1000)
-
-
-_PROCESSING, _COMPLETED, _DEAD = JobState.PROCESSING, JobState.COMPLETED, JobState.DEAD
 
 
 def window(agg: dict[str, Any], seconds: int, now: float) -> tuple[float, float]:

@@ -9,7 +9,12 @@ from . import metrics
 from .errors import ConflictError, InvalidStateError, JobNotFoundError, ValidationError
 from .job import (
     BLOCKED,
+    COMPLETED,
+    DEAD,
+    FAILED,
     MAX_HISTORY,
+    PENDING,
+    PROCESSING,
     Job,
     JobState,
     backoff_delay,
@@ -29,7 +34,7 @@ from .utils.log import get_logger
 log = get_logger(__name__)
 
 # A unique key stays taken while its job is in one of these states.
-LIVE_STATES = (JobState.PENDING, JobState.FAILED, JobState.PROCESSING)
+LIVE_STATES = (PENDING, FAILED, PROCESSING)
 # Seconds a unique key reserved by an enqueue whose job is not stored yet stays taken.
 UNIQUE_GRACE = 30.0
 # Trimming by count starts once there are this much more completed jobs than kept, so it runs
@@ -149,12 +154,12 @@ class QueueManager:
 
     def _add_with_dependencies(self, job: Job) -> None:
         deps = {ref: self.storage.get(ref) for ref in job.after}
-        failed = [ref for ref, dep in deps.items() if dep is not None and dep.state is JobState.DEAD]
+        failed = [ref for ref, dep in deps.items() if dep is not None and dep.state is DEAD]
         if failed:
-            job.state, job.last_error = JobState.DEAD, f"Dependency {failed[0]} failed"
+            job.state, job.last_error = DEAD, f"Dependency {failed[0]} failed"
             self.storage.add(job)
             return
-        if all(dep is not None and dep.state is JobState.COMPLETED for dep in deps.values()):
+        if all(dep is not None and dep.state is COMPLETED for dep in deps.values()):
             self.storage.add(job)
             return
         job.due_at = BLOCKED
@@ -243,7 +248,7 @@ class QueueManager:
             job = self.storage.get(job_id)
             if job is None:
                 raise JobNotFoundError(f"job {job_id} disappeared while we waited")
-            if job.state in (JobState.COMPLETED, JobState.DEAD):
+            if job.state in (COMPLETED, DEAD):
                 return job
             time.sleep(poll)
 
@@ -273,7 +278,7 @@ class QueueManager:
         """Records an attempt's end: completed, failed (with its due time) or dead."""
         new = self.result(job, outcome)
         self.storage.update(job, new)
-        if new.state in (JobState.COMPLETED, JobState.DEAD) and self.storage.dependants(job.id):
+        if new.state in (COMPLETED, DEAD) and self.storage.dependants(job.id):
             self.storage.flush()  # the result must be visible before the waiting jobs look at it
             self._settle_dependants(job.id)
         return new
@@ -287,14 +292,14 @@ class QueueManager:
                                   "history": history, "exit_code": outcome.exit_code}
         no_retry = job.no_retry_on if job.no_retry_on is not None else self.config.no_retry_on
         if outcome.ok:
-            new = job.evolve(state=JobState.COMPLETED, last_error=None, **common)
+            new = job.evolve(state=COMPLETED, last_error=None, **common)
         elif outcome.cancelled or job.attempts > job.max_retries or (
                 not outcome.timed_out and outcome.exit_code in no_retry):
-            new = job.evolve(state=JobState.DEAD, last_error=outcome.error, **common)
+            new = job.evolve(state=DEAD, last_error=outcome.error, **common)
         else:
             cfg = self.config
             delay = backoff_delay(job.attempts, cfg.backoff_base, cfg.backoff_max)
-            new = job.evolve(state=JobState.FAILED, last_error=outcome.error,
+            new = job.evolve(state=FAILED, last_error=outcome.error,
                              due_at=time.time() + delay, **common)
         return new
 
@@ -317,16 +322,16 @@ class QueueManager:
         """Unblocks a waiting job whose dependencies all completed, or fails it if one died."""
         for _ in range(3):  # a conflict means someone else moved it: look again
             job = self.storage.get(job_id)
-            if job is None or job.state is not JobState.PENDING or not job.blocked:
+            if job is None or job.state is not PENDING or not job.blocked:
                 return
             deps = [self.storage.get(ref) for ref in job.after]
-            dead = next((ref for ref, d in zip(job.after, deps) if d is not None and d.state is JobState.DEAD), None)
+            dead = next((ref for ref, d in zip(job.after, deps) if d is not None and d.state is DEAD), None)
             try:
                 if dead is not None:
-                    self.storage.update(job, job.evolve(state=JobState.DEAD, last_error=f"Dependency {dead} failed",
+                    self.storage.update(job, job.evolve(state=DEAD, last_error=f"Dependency {dead} failed",
                                                         finished_at=now_iso()))
                     self._settle_dependants(job.id)
-                elif all(d is None or d.state is JobState.COMPLETED for d in deps):
+                elif all(d is None or d.state is COMPLETED for d in deps):
                     self.storage.update(job, job.evolve(due_at=time.time()))
                     self.storage.notify_work()
                 return
@@ -337,9 +342,9 @@ class QueueManager:
         """A dependency left the DLQ: jobs that died because of it wait for it again."""
         for ref in self.storage.dependants(job_id):
             job = self.storage.get(ref)
-            if job is not None and job.state is JobState.DEAD and job.last_error == f"Dependency {job_id} failed":
+            if job is not None and job.state is DEAD and job.last_error == f"Dependency {job_id} failed":
                 try:
-                    self.storage.update(job, job.evolve(state=JobState.PENDING, due_at=BLOCKED, last_error=None))
+                    self.storage.update(job, job.evolve(state=PENDING, due_at=BLOCKED, last_error=None))
                 except ConflictError:
                     continue
                 self._revive_dependants(job.id)
@@ -349,7 +354,7 @@ class QueueManager:
         """Puts an interrupted job back as pending; the cut-short attempt does not count."""
         entry = {"attempt": job.attempts, "started_at": job.started_at, "finished_at": now_iso(),
                  "worker": job.worker_id, "error": reason, "counted": False}
-        new = job.evolve(state=JobState.PENDING, attempts=max(0, job.attempts - 1),
+        new = job.evolve(state=PENDING, attempts=max(0, job.attempts - 1),
                          due_at=time.time(), worker_id=None, finished_at=entry["finished_at"],
                          history=(job.history + [entry])[-MAX_HISTORY:])
         self.storage.update(job, new)
@@ -370,7 +375,7 @@ class QueueManager:
         for job in recovered:
             (log.info if quiet else log.warning)("Recovered job %s from a dead process: now %s",
                                                  job.id, job.state.value)
-            if job.state in (JobState.COMPLETED, JobState.DEAD):  # a held result is completed
+            if job.state in (COMPLETED, DEAD):  # a held result is completed
                 self._settle_dependants(job.id)
         return recovered
 
@@ -387,15 +392,15 @@ class QueueManager:
         if job.started_at is None or job.finished_at is not None:
             # Taken, but its attempt had not started (the start is recorded before the command
             # runs): nothing ran, so nothing counts and the job's last error stays its own.
-            return job.evolve(state=JobState.PENDING, due_at=time.time(), worker_id=None)
+            return job.evolve(state=PENDING, due_at=time.time(), worker_id=None)
         error = f"Worker died during attempt {job.attempts}"
         entry = {"attempt": job.attempts, "started_at": job.started_at, "finished_at": now_iso(),
                  "worker": job.worker_id, "error": error}
         history = (job.history + [entry])[-MAX_HISTORY:]
         if job.attempts > job.max_retries:
-            return job.evolve(state=JobState.DEAD, last_error=error, history=history,
+            return job.evolve(state=DEAD, last_error=error, history=history,
                               finished_at=entry["finished_at"])
-        return job.evolve(state=JobState.PENDING, last_error=error, history=history,
+        return job.evolve(state=PENDING, last_error=error, history=history,
                           due_at=time.time(), worker_id=None, finished_at=entry["finished_at"])
 
     # -- the DLQ and cleanup -------------------------------------------------------------
@@ -403,15 +408,15 @@ class QueueManager:
         """`resolve`, after recovering the job if a dead process left it in processing (a killed
         `dlq retry` or `cancel`, say: without this, it waited there for the next `start`)."""
         job = self.resolve(ref)
-        if job.state is JobState.PROCESSING and any(r.id == job.id for r in self.recover(quiet=True)):
+        if job.state is PROCESSING and any(r.id == job.id for r in self.recover(quiet=True)):
             job = self.resolve(job.id)
         return job
 
     def retry_dead(self, ref: str | Job) -> Job:
         job = ref if isinstance(ref, Job) else self._resolve_settled(ref)
-        if job.state is not JobState.DEAD:
+        if job.state is not DEAD:
             raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
-        new = job.evolve(state=JobState.PENDING, attempts=0, due_at=time.time(), worker_id=None)
+        new = job.evolve(state=PENDING, attempts=0, due_at=time.time(), worker_id=None)
         if job.after:
             new.due_at = BLOCKED
         try:
@@ -427,7 +432,7 @@ class QueueManager:
     def retry_all_dead(self) -> list[Job]:
         retried = []
         self.recover(quiet=True)  # jobs a killed command left in processing/ count as where they were
-        for job in self.list_jobs(JobState.DEAD):
+        for job in self.list_jobs(DEAD):
             try:
                 retried.append(self.retry_dead(job))
             except InvalidStateError:
@@ -437,26 +442,26 @@ class QueueManager:
     def cancel(self, ref: str, wait: float = 10.0) -> Job:
         """Moves a waiting job to the DLQ as `Cancelled`; a running one is ended first."""
         job = self._resolve_settled(ref)
-        if job.state in (JobState.COMPLETED, JobState.DEAD):
+        if job.state in (COMPLETED, DEAD):
             raise InvalidStateError(f"job {job.id} is already {job.state.value}")
-        if job.state is JobState.PROCESSING:
+        if job.state is PROCESSING:
             self.storage.request_cancel(job.id)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 current = self.storage.get(job.id)
-                if current is None or current.state is not JobState.PROCESSING:
+                if current is None or current.state is not PROCESSING:
                     break
                 time.sleep(0.05)
             self.storage.clear_cancel(job.id)
             current = self.storage.get(job.id)
-            if current is None or current.state is JobState.PROCESSING:
+            if current is None or current.state is PROCESSING:
                 raise InvalidStateError(f"job {job.id} did not stop within {wait:.0f}s")
-            if current.state is JobState.DEAD:
+            if current.state is DEAD:
                 return current
             job = current
-            if job.state is JobState.COMPLETED:
+            if job.state is COMPLETED:
                 raise InvalidStateError(f"job {job.id} completed before it could be cancelled")
-        new = job.evolve(state=JobState.DEAD, last_error="Cancelled", finished_at=now_iso(), worker_id=None)
+        new = job.evolve(state=DEAD, last_error="Cancelled", finished_at=now_iso(), worker_id=None)
         try:
             self.storage.update(job, new)
         except ConflictError:
@@ -466,7 +471,7 @@ class QueueManager:
 
     def purge(self, state: JobState, older_than: float | None = None) -> int:
         """Deletes completed or dead jobs (finished more than `older_than` seconds ago)."""
-        if state not in (JobState.COMPLETED, JobState.DEAD):
+        if state not in (COMPLETED, DEAD):
             raise ValidationError("only completed or dead jobs can be purged")
         cutoff = time.time() - older_than if older_than is not None else None
         self.recover(quiet=True)
@@ -486,7 +491,7 @@ class QueueManager:
     def purge_dead(self, ref: str) -> Job:
         """Deletes one dead job (id or unique prefix) with its output; returns it as it was."""
         job = self._resolve_settled(ref)
-        if job.state is not JobState.DEAD:
+        if job.state is not DEAD:
             raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
         try:
             self.storage.delete(job)
@@ -500,11 +505,11 @@ class QueueManager:
         if not keep:
             return 0
         if isinstance(keep, str):
-            return self.purge(JobState.COMPLETED, parse_duration(keep, "keep_completed"))
-        count = self.counts()[JobState.COMPLETED]
+            return self.purge(COMPLETED, parse_duration(keep, "keep_completed"))
+        count = self.counts()[COMPLETED]
         if count <= keep * TRIM_SLACK:
             return 0
-        jobs = sorted(self.list_jobs(JobState.COMPLETED), key=_finished)
+        jobs = sorted(self.list_jobs(COMPLETED), key=_finished)
         return self._delete(jobs[: max(0, len(jobs) - keep)])
 
     def request_stop(self, force: bool = False) -> list[ManagerInfo]:

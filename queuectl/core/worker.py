@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConflictError, QueuectlError
-from .job import Job, JobState
+from .job import DEAD, MILLIS, Job
 from .output import CappedFile, Pump, tail_line
 from .queue import Outcome, QueueManager
 from .storage import ManagerInfo, Storage, get_storage, host_id, new_owner_id
@@ -179,7 +179,7 @@ class Worker:
             job_line("Job %s completed in %.2fs", job.id, outcome.finished - outcome.started)
         elif outcome.cancelled:
             log.warning("Job %s cancelled; moved to the DLQ", job.id)
-        elif done.state is JobState.DEAD:
+        elif done.state is DEAD:
             log.warning("Job %s failed (%s); moved to the DLQ after %d attempt(s)", job.id,
                         outcome.error, done.attempts)
         else:
@@ -317,6 +317,8 @@ _lines_since = [0.0]
 _lines_lock = threading.Lock()
 # A job line waits at most this long, plus one of `Worker._wait`'s steps, before it is written.
 LINE_FLUSH_INTERVAL = 0.05
+# What LOG_FORMAT writes between the time and the message.
+_LINE_LEVEL = f" - {__name__} - INFO - "
 
 
 def job_line(msg: str, *args: Any) -> None:
@@ -339,7 +341,7 @@ def job_line(msg: str, *args: Any) -> None:
         _stamp[:] = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
     if not _lines:
         _lines_since[0] = now
-    _lines.append(f"{_stamp[1]},{int((now - second) * 1000):03d} - {log.name} - INFO - {msg % args}\n")
+    _lines.append(f"{_stamp[1]},{MILLIS[int((now - second) * 1000)]}{_LINE_LEVEL}{msg % args}\n")
 
 
 def flush_lines() -> None:

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 
 from .. import metrics
 from ..errors import ConflictError, DuplicateJobError, QueuectlError, StorageError
-from ..job import Job, JobState, parse_iso
+from ..job import COMPLETED, DEAD, FAILED, PENDING, PROCESSING, Job, JobState, parse_iso
 from ..storage import ManagerInfo, Storage, new_owner_id
 from ..utils import fs, wake
 from ..utils.faults import fault
@@ -53,7 +53,7 @@ from ..utils.log import get_logger
 
 log = get_logger(__name__)
 
-RUNNABLE = (JobState.PENDING, JobState.FAILED)
+RUNNABLE = (PENDING, FAILED)
 STATE_DIRS = {s: s.value for s in JobState}
 # A worker re-reads the runnable folders at most this often while it still has candidates, so a
 # newly enqueued job of higher priority overtakes older ones within this delay.
@@ -135,7 +135,7 @@ class JsonStorage(Storage):
 
     def _name(self, job: Job) -> str:
         """The job's file name in its state's folder."""
-        if job.state is JobState.PROCESSING:
+        if job.state is PROCESSING:
             return f"{job.worker_id}__{job.id}.json"
         if job.state in RUNNABLE:
             return self._runnable_name(job)
@@ -306,7 +306,7 @@ class JsonStorage(Storage):
             if isinstance(e, OSError):
                 raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
             raise
-        self._count({JobState.PENDING: len(staged)})  # before the jobs can be claimed
+        self._count({PENDING: len(staged)})  # before the jobs can be claimed
         self.flush()
         _rename(folder, folder + ".commit")
         try:
@@ -490,11 +490,11 @@ class JsonStorage(Storage):
             seq = None
         for _attempt in range(2):  # a job may move between folders while we look
             if seq is not None:
-                for state in (JobState.COMPLETED, JobState.DEAD):
+                for state in (COMPLETED, DEAD):
                     job = self._read(self._p(state.value, f"{seq}_{job_id}.json"), state, missing_ok=True)
                     if job is not None:
                         return job
-            for state in ((JobState.PROCESSING, JobState.PENDING, JobState.FAILED) if seq is not None
+            for state in ((PROCESSING, PENDING, FAILED) if seq is not None
                           else tuple(JobState)):
                 for name in self._names(state.value):
                     if _id_of(name, state) == job_id:
@@ -532,7 +532,7 @@ class JsonStorage(Storage):
     def _stale_copy(self, job: Job) -> bool:
         """A file in processing/ whose result is already committed: a worker was killed between
         the two renames of its commit; recovery drops the copy, readers skip it meanwhile."""
-        finished = (JobState.COMPLETED, JobState.DEAD)
+        finished = (COMPLETED, DEAD)
         if any(os.path.exists(self._p(s.value, f"{job.seq}_{job.id}.json")) for s in finished):
             return True
         owner = job.worker_id or ""
@@ -552,7 +552,7 @@ class JsonStorage(Storage):
         for st in (state,) if state else tuple(JobState):
             for name in self._names(st.value):
                 job = self._read(self._p(st.value, name), st, missing_ok=True)
-                if job is not None and not (st is JobState.PROCESSING and self._stale_copy(job)):
+                if job is not None and not (st is PROCESSING and self._stale_copy(job)):
                     found.append(job)
         found.sort(key=lambda j: (j.seq, j.id))
         return iter(found)
@@ -708,8 +708,8 @@ class JsonStorage(Storage):
                     _rename(src, dst)
                 except FileNotFoundError:
                     continue  # another worker won this one
-                job = self._read(dst, JobState.PROCESSING)
-                self._count({state: -1, JobState.PROCESSING: 1})
+                job = self._read(dst, PROCESSING)
+                self._count({state: -1, PROCESSING: 1})
                 if job is None:
                     continue  # unreadable: quarantined and uncounted
                 job.worker_id = owner
@@ -789,25 +789,25 @@ class JsonStorage(Storage):
         if old.id != new.id:
             raise ValueError("update cannot change a job's id")
         self._ensure()
-        if old.state is JobState.PROCESSING:
+        if old.state is PROCESSING:
             src = self._path(old)
             mine = old.worker_id in self._owners
             # Only its owner and the recovery of dead owners move a running job's file: while
             # the owner is this live process, the file is there (two stats a job fewer).
             if not mine and not os.path.exists(src):
                 raise ConflictError(f"job {old.id} is no longer processing")
-            if mine and new.state is JobState.PROCESSING and new.worker_id == old.worker_id:
+            if mine and new.state is PROCESSING and new.worker_id == old.worker_id:
                 # An attempt starts. Rewriting the file would cost a flush (ext4 flushes a file
                 # renamed over another); the owner's lock note records it instead (see _read).
                 self._note(old.worker_id, job=new.id, attempt=new.attempts, started_at=new.started_at)
                 self._count({}, (old, new))
                 return
-            if mine and self._batching and new.state is not JobState.PROCESSING:
+            if mine and self._batching and new.state is not PROCESSING:
                 self._queue_commit(src, old, new)
                 return
         else:
             src = self._grab(old)
-        final = new.state is not JobState.PROCESSING
+        final = new.state is not PROCESSING
         try:
             self._write(src, new.to_json(), durable=final, sync_dir=False)
         except OSError as e:
@@ -817,7 +817,7 @@ class JsonStorage(Storage):
             # No fsync of the folders: the content is durable, and if a power cut loses the
             # rename, the file is back in processing/ saying where it goes; `recover` moves it.
             _rename(src, dst)
-        if old.state is JobState.PROCESSING and final and old.worker_id in self._owners:
+        if old.state is PROCESSING and final and old.worker_id in self._owners:
             self._end_of_attempt(old.worker_id or "", old.id)
         if new.state in RUNNABLE:
             self._runnable_added()
@@ -1030,22 +1030,22 @@ class JsonStorage(Storage):
             return None
         try:
             job = Job.from_json(raw)
-            if job.id != _id_of(name, JobState.PROCESSING):
+            if job.id != _id_of(name, PROCESSING):
                 raise ValueError(f"it holds job {job.id}")
         except (ValueError, TypeError) as e:
             self._quarantine(path, f"unreadable job file ({e})")
-            self._count({JobState.PROCESSING: -1})
+            self._count({PROCESSING: -1})
             return None
-        for state in (JobState.COMPLETED, JobState.DEAD):
+        for state in (COMPLETED, DEAD):
             if os.path.exists(self._p(state.value, f"{job.seq}_{job.id}.json")):
                 _unlink(path)  # its result was committed; only the old copy was left
                 return None
         written_state = job.state
-        job.state, job.worker_id = JobState.PROCESSING, owner
+        job.state, job.worker_id = PROCESSING, owner
         done = note.get("done") if isinstance(note.get("done"), dict) else {}
         # The finished results come first: the note still names the last job as running after it
         # finished (until the next claim), and that job must not run again.
-        if job.id in done and written_state is not JobState.PROCESSING:
+        if job.id in done and written_state is not PROCESSING:
             attempt, tmp_name, started, dest = (list(done[job.id]) + [None] * 4)[:4]
             tmp_name = _spare_name(owner, str(tmp_name))
             if dest and os.sep not in str(dest) and self._committed_at(str(dest)):
@@ -1062,7 +1062,7 @@ class JsonStorage(Storage):
             if not _on_record(job, attempt):
                 job.attempts, job.finished_at = int(attempt or job.attempts + 1), None
                 job.started_at = started or job.started_at or job.updated_at
-                written_state = JobState.PROCESSING  # it ran, but its result is lost: the attempt counts
+                written_state = PROCESSING  # it ran, but its result is lost: the attempt counts
         elif (ended := _ended_entry(note, job.id)) and written_state in RUNNABLE:
             # It ended well, and the worker went on to its next job before writing the result. (A
             # written state that is not runnable is a recovery's own move, killed before its rename.)
@@ -1071,13 +1071,13 @@ class JsonStorage(Storage):
                 new = completed(job, ended[2])
                 self.update(job, new)
                 return new
-            written_state = JobState.PROCESSING  # no rule for it given: counted as cut short
-        elif note.get("job") == job.id and written_state is not JobState.PROCESSING and \
+            written_state = PROCESSING  # no rule for it given: counted as cut short
+        elif note.get("job") == job.id and written_state is not PROCESSING and \
                 not _on_record(job, note.get("attempt")):
             job.attempts, job.started_at = int(note.get("attempt") or job.attempts + 1), note.get("started_at")
             job.finished_at = None
-            written_state = JobState.PROCESSING  # the attempt had started (the owner's note says so)
-        if written_state is JobState.PROCESSING:
+            written_state = PROCESSING  # the attempt had started (the owner's note says so)
+        if written_state is PROCESSING:
             new = decide(job)  # the attempt was cut short: the queue's rules say what follows
         else:
             new = job.evolve(state=written_state)  # the move was written but not renamed
@@ -1102,11 +1102,11 @@ class JsonStorage(Storage):
         tail = f"_{job.id}.json"
         if any(n.endswith(tail) and _id_of(n, s) == job.id for s in RUNNABLE for n in self._names(s.value)):
             return True
-        return any(n != name and _id_of(n, JobState.PROCESSING) == job.id for n in self._names("processing"))
+        return any(n != name and _id_of(n, PROCESSING) == job.id for n in self._names("processing"))
 
     def _committed_at(self, dest: str) -> bool:
         """Whether a result named `dest` (a file name in its state's folder) is in place."""
-        return any(os.path.exists(self._p(s.value, dest)) for s in JobState if s is not JobState.PROCESSING)
+        return any(os.path.exists(self._p(s.value, dest)) for s in JobState if s is not PROCESSING)
 
     def _uncommitted_result(self, tmp_name: str, job: Job, attempt: Any = None) -> Job | None:
         """The result a dead worker wrote but had not committed, if it is whole (a killed process
@@ -1118,7 +1118,7 @@ class JsonStorage(Storage):
             result = Job.from_json(fs.read_file(path))
         except (OSError, ValueError, TypeError):
             return None
-        if result.id != job.id or result.state is JobState.PROCESSING or result.finished_at is None:
+        if result.id != job.id or result.state is PROCESSING or result.finished_at is None:
             return None
         if attempt is not None and result.attempts != attempt:
             last = result.history[-1] if result.history else {}
@@ -1475,7 +1475,7 @@ class JsonStorage(Storage):
                 return None
             raise ConflictError(f"{os.path.basename(path)} vanished")
         job.state = state  # the folder, not the content, is the truth
-        if state is JobState.PROCESSING:
+        if state is PROCESSING:
             self._overlay_note(path, job)
         return job
 
@@ -1624,7 +1624,7 @@ def _id_of(name: str, state: JobState) -> str | None:
     if state in RUNNABLE:
         parsed = _parse_runnable(name)
         return parsed[3] if parsed else None
-    if state is JobState.PROCESSING:
+    if state is PROCESSING:
         return name[:-5].partition("__")[2] or None
     return name[:-5].partition("_")[2] or None
 
@@ -1635,7 +1635,7 @@ def _seq_of(name: str, state: JobState) -> int | None:
         if state in RUNNABLE:
             parsed = _parse_runnable(name)
             return parsed[2] if parsed else None
-        if state is JobState.PROCESSING:
+        if state is PROCESSING:
             return None
         return int(name.partition("_")[0])
     except ValueError:
