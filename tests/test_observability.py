@@ -174,6 +174,17 @@ def test_per_minute_counters_keep_the_last_hour_and_drop_older_ones_when_a_minut
     assert metrics.window(agg, 3600, now + 60)[0] == 3 + metrics.KEEP_MINUTES - 2
 
 
+def test_a_nan_observation_counts_as_zero_and_leaves_the_sums_whole():
+    """A damaged due time (NaN parses as a float) must not poison the histogram's sum for good."""
+    from queuectl.core import metrics
+
+    hist = metrics.empty()["wait_ms"]
+    for value in (float("nan"), -5.0, 7.0):
+        metrics.observe(hist, value)
+    assert hist["count"] == 3 and hist["sum"] == 7.0 and hist["max"] == 7.0
+    assert hist["buckets"][0] == 2
+
+
 def test_oldest_pending_age(manager):
     assert manager.metrics()["oldest_pending_age_seconds"] is None
     manager.enqueue("true")

@@ -3,6 +3,8 @@ unique keys, cancel, cleanup, rate limits, background managers and forced stops.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import threading
 import time
@@ -139,6 +141,21 @@ def test_a_dependant_waits_then_runs(manager, worker):
     manager.storage.update(current, current.evolve(due_at=time.time()))
     drain(worker)
     assert manager.storage.get(second.id).state is JobState.COMPLETED
+
+
+def test_a_dependants_folder_that_cannot_be_read_is_an_error_not_no_dependants(json_store):
+    """A finished job asks for its dependants without an exception when it has none; a deps/
+    that is no folder must still fail loudly, or the jobs waiting on it would wait for ever."""
+    from queuectl.core.errors import StorageError
+
+    json_store.add_dependant("a", "b")
+    assert json_store.dependants("a") == ["b"] and json_store.dependants("x") == []
+    deps = os.path.join(json_store.root, "deps")
+    shutil.rmtree(deps)
+    with open(deps, "w"):
+        pass
+    with pytest.raises(StorageError):
+        json_store.dependants("a")
 
 
 def test_a_failed_dependency_fails_the_chain_and_a_retry_revives_it(manager, worker):

@@ -35,7 +35,7 @@ def _histogram() -> dict[str, Any]:
 
 
 def observe(hist: dict[str, Any], value_ms: float) -> None:
-    if value_ms < 0.0:
+    if not value_ms > 0.0:  # negative, or NaN from a damaged due time
         value_ms = 0.0
     hist["buckets"][bisect.bisect_left(BUCKETS_MS, value_ms)] += 1
     hist["count"] += 1

@@ -1391,10 +1391,12 @@ class JsonStorage(Storage):
         fs.fsync_dir(folder)
 
     def dependants(self, dependency: str) -> list[str]:
-        # Asked of every finished job, and most have none: one failed call, not a scandir, and
-        # one that fails without an exception (building a FileNotFoundError cost more).
+        # Asked of every finished job, and most have none: no scandir, and no exception either
+        # (building a FileNotFoundError cost more than both calls here). The folder is missing
+        # when it cannot be seen from a deps/ that can be searched; anything else is listed
+        # below, to fail as it should.
         folder = self._p("deps", dependency)
-        if not os.access(folder, os.F_OK):
+        if not os.access(folder, os.F_OK) and os.access(self._p("deps"), os.X_OK):
             return []
         try:
             names = os.listdir(folder)
