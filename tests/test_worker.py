@@ -407,6 +407,26 @@ def test_output_lands_in_the_attempts_files(worker, manager):
         assert (o.read(), e.read()) == ("out\nmore\n", "err\n")
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_process_looks_at_its_descriptors_again_before_its_first_command():
+    """A forked child inherits what its parent opened, marks included: it starts over."""
+    from queuectl.core.utils import proc
+
+    proc._dev_null()
+    assert "null" in proc._spawn_state
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running the parent's cleanup
+        os.write(w, b"fresh" if "null" not in proc._spawn_state else b"stale")
+        os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 16) == b"fresh"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
 def test_a_command_gets_only_the_standard_descriptors_and_the_environment(worker, manager, monkeypatch):
     """What Popen's close_fds gives: a descriptor the worker process was started with (as
     multiprocessing hands its workers some) does not leak into commands."""

@@ -125,7 +125,7 @@ class ShellProcess:
 def _dev_null() -> int:
     """/dev/null for every job's stdin, opened once per process; the process's inherited
     descriptors are made non-inheritable then, as Popen's close_fds would leave them behind."""
-    if _spawn_state.get("pid") != os.getpid():
+    if "null" not in _spawn_state:
         try:
             fds = [int(name) for name in os.listdir("/proc/self/fd")]
         except OSError:
@@ -136,8 +136,12 @@ def _dev_null() -> int:
                     os.set_inheritable(fd, False)
                 except OSError:
                     pass
-        _spawn_state.update(pid=os.getpid(), null=os.open(os.devnull, os.O_RDONLY))
+        _spawn_state["null"] = os.open(os.devnull, os.O_RDONLY)
     return _spawn_state["null"]
+
+
+if hasattr(os, "register_at_fork"):  # a forked child looks again, rather than a getpid a job
+    os.register_at_fork(after_in_child=lambda: _spawn_state.clear())
 
 
 def _environment() -> object:
