@@ -6,7 +6,6 @@ A backend keeps one aggregate document beside its counts and passes every state 
 from __future__ import annotations
 
 import bisect
-from datetime import datetime
 from typing import Any
 
 from .job import COMPLETED, DEAD, PROCESSING, Job
@@ -68,9 +67,9 @@ def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
     if state is PROCESSING:
         if new.attempts == old.attempts + 1 and new.started_at:
             agg["attempts_total"] += 1
-            started = _epoch(new.started_at)
-            if started is not None:
-                observe(agg["wait_ms"], (started - old.due_at) * 1000)
+            # `now` is when the start was recorded, microseconds after the stamp in started_at,
+            # which would take a parse a job to read back
+            observe(agg["wait_ms"], (now - old.due_at) * 1000)
         return
     history = new.history
     if not history:
@@ -205,10 +204,3 @@ def merge_defaults(agg: Any) -> dict[str, Any]:
             if key in base and type(value) is type(base[key]):
                 base[key] = value
     return base
-
-
-def _epoch(iso: str) -> float | None:
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

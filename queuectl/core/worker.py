@@ -204,7 +204,7 @@ class Worker:
         cap = self.manager.config.log_max_bytes
         started = time.time()
         sinks = [CappedFile(out_path, cap), CappedFile(err_path, cap)]
-        if any(h.get("attempt") == job.attempts for h in job.history):
+        if job.history and any(h.get("attempt") == job.attempts for h in job.history):
             for sink in sinks:  # this attempt number ran before and was given back: start clean
                 sink.discard()
         marks = run_marks(self.owner, job.id, job.attempts)

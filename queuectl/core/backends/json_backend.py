@@ -1472,18 +1472,19 @@ class JsonStorage(Storage):
                 raise ConflictError(f"{os.path.basename(path)} vanished") from None
             self._quarantine(path, f"unreadable job file ({e})")
             return None
-        if job.id != _id_of(os.path.basename(path), state) and _moved(path, inode):
+        name = path.rpartition(os.sep)[2]
+        if job.id != _id_of(name, state) and _moved(path, inode):
             if missing_ok:
                 return None
             raise ConflictError(f"{os.path.basename(path)} vanished")
         job.state = state  # the folder, not the content, is the truth
         if state is PROCESSING:
-            self._overlay_note(path, job)
+            self._overlay_note(name, job)
         return job
 
-    def _overlay_note(self, path: str, job: Job) -> None:
+    def _overlay_note(self, name: str, job: Job) -> None:
         """A running job's attempt and start time live in its owner's lock note."""
-        owner = os.path.basename(path).partition("__")[0]
+        owner = name.partition("__")[0]
         job.worker_id = owner
         if owner in self._notes:
             note = self._notes[owner]
