@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from datetime import datetime
@@ -172,3 +173,24 @@ def test_workers_of_a_sigkilled_start_stop_after_their_job(proc, tmp_path):
     assert storage.get(job).state.value == "completed"
     assert storage.get(waiting).state.value == "pending"  # it stopped before taking another job
 
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_a_pools_workers_run_as_batch_and_their_commands_do_not(proc, tmp_path):
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        pytest.skip("the suite itself does not run on the normal policy")
+    began, go = tmp_path / "began", tmp_path / "go"
+    probe = f"{sys.executable} -c 'import os; print(os.sched_getscheduler(0))'"
+    job = proc.enqueue(f"{probe}; touch {began}; while [ ! -f {go} ]; do sleep 0.05; done")
+    starter = proc.popen("start", "--count", "1")
+    try:
+        assert wait_for(began.exists, timeout=30)
+        [worker] = workers_of(starter.pid)
+        assert os.sched_getscheduler(worker) == os.SCHED_BATCH
+        assert os.sched_getscheduler(starter.pid) == os.SCHED_OTHER
+        go.touch()
+        assert wait_for(lambda: proc.counts()["completed"] == 1, timeout=30)
+    finally:
+        stop_and_wait(proc, starter)
+    with open(proc.manager().storage.output_paths(job, 1)[0]) as out:
+        assert out.read().split() == [str(os.SCHED_OTHER)]

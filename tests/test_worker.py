@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -641,3 +643,62 @@ def test_a_big_backlog_is_listed_once_per_many_claims(tmp_path, monkeypatch):
         store.close()
     assert listings.count("pending") == 1  # 750 kept; 256 would have meant three listings
     assert json_backend.CANDIDATE_BATCH < 700
+
+
+BATCH_PROBE = r"""
+import os, subprocess, sys
+from queuectl.core.utils import proc
+mode = sys.argv[1]
+if mode == "idle":
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+moved = proc.run_as_batch()
+if mode == "popen":
+    proc.POSIX_SPAWN = False
+child = proc.spawn_shell(sys.executable + " -c 'import os; print(os.sched_getscheduler(0))'",
+                         subprocess.PIPE, subprocess.PIPE)
+out = child.stdout.fileno()
+child.wait()
+print(moved, os.read(out, 100).decode().strip(), os.sched_getscheduler(0))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+@pytest.mark.parametrize("mode, expected", [
+    ("posix_spawn", "True {other} {batch}"),  # the worker is batch, its command is not
+    ("popen", "True {other} {other}"),        # Popen cannot reset it: the worker leaves batch first
+    ("idle", "False {idle} {idle}"),          # a policy the user chose is left alone
+])
+def test_a_worker_runs_as_batch_and_its_commands_do_not(mode, expected):
+    """In a process of its own: the policy is the process's, and pytest's should stay as it is."""
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        pytest.skip("the suite itself does not run on the normal policy")
+    out = subprocess.run([sys.executable, "-c", BATCH_PROBE, mode], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == expected.format(other=os.SCHED_OTHER, batch=os.SCHED_BATCH,
+                                                 idle=os.SCHED_IDLE).split()
+
+
+def test_a_worker_leaves_batch_when_a_command_may_not(monkeypatch):
+    """If the child may not take the normal policy back, the worker leaves batch and starts it
+    again; without a batch policy to leave, the error is the command's own."""
+    from queuectl.core.utils import proc
+
+    calls, refuse = [], {"batch"}
+
+    def spawn(command, stdout, stderr, extra_env=None):
+        calls.append(proc._command_policy[0])
+        if ("batch" if proc._command_policy[0] is not None else "normal") in refuse:
+            raise PermissionError(1, "Operation not permitted")
+        return "started"
+
+    monkeypatch.setattr(proc, "_posix_spawn_shell", spawn)
+    monkeypatch.setattr(proc, "POSIX_SPAWN", True)
+    monkeypatch.setattr(proc, "_command_policy", [(0, "normal")])
+    monkeypatch.setattr(os, "sched_setscheduler", lambda *args: None, raising=False)
+    assert proc.spawn_shell("true", subprocess.PIPE, subprocess.PIPE) == "started"
+    assert calls == [(0, "normal"), None] and proc._command_policy == [None]
+    refuse.add("normal")
+    with pytest.raises(PermissionError):
+        proc.spawn_shell("true", subprocess.PIPE, subprocess.PIPE)
+    assert calls[2:] == [None]

@@ -28,6 +28,7 @@ from .utils.proc import (
     kill_group,
     killed_before_exec,
     name_this_process,
+    run_as_batch,
     run_marks,
     spawn_shell,
 )
@@ -405,6 +406,7 @@ def _worker_main(settings: WorkerSettings, stop: Any, force: Any) -> None:
     install_worker_signals(stop)
     # for `ps`, and so that a command not yet exec'd is told apart (see `killed_before_exec`)
     name_this_process("queuectl-worker")
+    run_as_batch()
     setup_logging(settings.log_level)
     storage = get_storage(settings.storage_path)
     parent = multiprocessing.parent_process()

@@ -51,6 +51,13 @@ def spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] | int,
             POSIX_SPAWN = False
         except _UsePopen:
             pass
+        except PermissionError:
+            if _command_policy[0] is None:
+                raise
+            leave_batch()  # a system that will not let the command leave batch: the worker leaves
+            return _posix_spawn_shell(command, stdout, stderr, extra_env)
+    if _command_policy[0] is not None:  # Popen cannot set it: the command would inherit batch
+        leave_batch()
     kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": stdout, "stderr": stderr, "shell": True}
     if extra_env:
         kwargs["env"] = {**os.environ, **extra_env}
@@ -173,11 +180,15 @@ def _posix_spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] 
                 targets.append(stream.fileno())  # type: ignore[union-attr]
         if min(targets) <= 2 or null <= 2:  # a closed std stream got reused: Popen sorts that out
             raise _UsePopen
-        pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env, setsid=True,  # type: ignore[arg-type]
-                             setsigdef=_DEFAULT_SIGNALS,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, null, 0),
-                                           (os.POSIX_SPAWN_DUP2, targets[0], 1),
-                                           (os.POSIX_SPAWN_DUP2, targets[1], 2)])
+        argv, policy = ["/bin/sh", "-c", command], _command_policy[0]
+        actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, targets[0], 1),
+                   (os.POSIX_SPAWN_DUP2, targets[1], 2)]
+        if policy is None:  # Python 3.11 takes scheduler=None for a malformed value
+            pid = os.posix_spawn("/bin/sh", argv, env, setsid=True,  # type: ignore[arg-type]
+                                 setsigdef=_DEFAULT_SIGNALS, file_actions=actions)
+        else:
+            pid = os.posix_spawn("/bin/sh", argv, env, setsid=True,  # type: ignore[arg-type]
+                                 setsigdef=_DEFAULT_SIGNALS, scheduler=policy, file_actions=actions)
     except BaseException:
         for fd in opened:
             os.close(fd)
@@ -185,6 +196,49 @@ def _posix_spawn_shell(command: str, stdout: IO[bytes] | int, stderr: IO[bytes] 
     for fd in opened[1::2]:
         os.close(fd)  # the write ends are the child's now
     return ShellProcess(pid, ends[0], ends[1])
+
+
+# The policy a command is started with while its worker runs as a batch task (see
+# `run_as_batch`): set in the child before its exec, so no command runs an instruction as batch.
+_command_policy: list[tuple[int, object] | None] = [None]
+
+
+def run_as_batch() -> bool:
+    """Moves the calling process, a worker, to the SCHED_BATCH policy; the commands it starts
+    stay on the normal one. True if it moved.
+
+    A worker runs some Python between its commands and has nothing to answer quickly, which is
+    what SCHED_BATCH is for. What it buys is where a new command runs: Linux places a new
+    process by load, often on the CPU of the other worker, and a normal process preempts that
+    worker while the spawning one sits blocked until the exec, its CPU idle. A batch child
+    does not preempt: it waits in the queue, and the idle CPU takes it. With 2 workers on 2
+    cores the CPUs were idle about 5% of a drain instead of 9%, and 16 of 21 alternated drains
+    ran faster. Only from the normal policy (a user's `chrt` or realtime choice is kept), and
+    only where posix_spawn can hand the normal policy back to each command (Linux).
+    """
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is None or not POSIX_SPAWN or _command_policy[0] is not None:
+        return False
+    try:
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            return False
+        normal = (os.SCHED_OTHER, os.sched_param(0))
+        os.sched_setscheduler(0, batch, os.sched_param(0))
+    except (OSError, AttributeError):
+        return False
+    _command_policy[0] = normal
+    return True
+
+
+def leave_batch() -> None:
+    """Back to the normal policy (see `run_as_batch`), for commands started without posix_spawn."""
+    if _command_policy[0] is None:
+        return
+    try:
+        os.sched_setscheduler(0, *_command_policy[0])  # type: ignore[arg-type]
+    except OSError as e:
+        log.warning("Cannot leave the batch scheduling policy: %s", e)
+    _command_policy[0] = None
 
 
 def group_alive(pgid: int) -> bool:
