@@ -296,7 +296,10 @@ def test_a_rate_limit_of_5_per_second_holds_across_4_workers(proc):
     crowded = [round(b - a, 3) for a, b in zip(starts, starts[6:]) if b - a < 1]
     # 5 a second, and one more: a start stamped late by a busy machine nears the next one's stamp
     assert not crowded, f"7 starts within a second: {crowded}"
-    assert all(b - a >= 0.1 for a, b in zip(starts, starts[1:])), [round(b - a, 3) for a, b in zip(starts, starts[1:])]
+    # Slots are granted 0.2 s apart; a start is stamped once its worker runs again, which on a
+    # loaded machine (this suite, beside workers under SCHED_BATCH) was once over 0.1 s later. A
+    # burst would show gaps of a few milliseconds.
+    assert all(b - a >= 0.05 for a, b in zip(starts, starts[1:])), [round(b - a, 3) for a, b in zip(starts, starts[1:])]
 
 
 def test_detach_then_stop_wait(proc):
