@@ -212,7 +212,7 @@ def run_as_batch() -> bool:
     process by load, often on the CPU of the other worker, and a normal process preempts that
     worker while the spawning one sits blocked until the exec, its CPU idle. A batch child
     does not preempt: it waits in the queue, and the idle CPU takes it. With 2 workers on 2
-    cores the CPUs were idle about 5% of a drain instead of 9%, and 16 of 21 alternated drains
+    cores the CPUs were idle about 6% of a drain instead of 9%, and 16 of 21 alternated drains
     ran faster. Only from the normal policy (a user's `chrt` or realtime choice is kept), and
     only where posix_spawn can hand the normal policy back to each command (Linux).
     """
