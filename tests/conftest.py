@@ -32,10 +32,10 @@ def pytest_generate_tests(metafunc):
 
 
 def without_linux_fast_paths(monkeypatch) -> None:
-    """What a platform without syncfs, pidfd, FIFOs or select() on pipes gets (Windows, say):
+    """What a platform without syncfs, pidfd, FIFOs, select() on pipes or fork gets (Windows, say):
     CI runs on Linux, so the fallbacks run here with the fast paths switched off."""
     from queuectl.core import worker
-    from queuectl.core.utils import fs, proc
+    from queuectl.core.utils import fs, helper, proc
 
     monkeypatch.setattr(fs, "_SYNCFS", [None])
     monkeypatch.delattr(os, "pidfd_open", raising=False)
@@ -43,6 +43,7 @@ def without_linux_fast_paths(monkeypatch) -> None:
     monkeypatch.delattr(os, "mkfifo", raising=False)
     monkeypatch.setattr(worker, "SELECTABLE_PIPES", False)
     monkeypatch.setattr(proc, "POSIX_SPAWN", False)
+    monkeypatch.setattr(helper, "FORK", False)
 
 
 @pytest.fixture

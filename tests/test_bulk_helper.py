@@ -1,0 +1,300 @@
+"""A big `enqueue --file` stages part of its batch from a helper process (see
+`JsonStorage.add_many` and queuectl/core/utils/helper.py): the batch stays all or nothing
+whatever the helper or its caller does.
+
+A helper is never forked from a process with threads, and pytest-xdist's workers have one:
+each case runs its enqueue in a forked child of its own, which has a single thread.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from queuectl.core.backends import json_backend
+from queuectl.core.errors import DuplicateJobError
+from queuectl.core.queue import QueueManager
+from queuectl.core.storage import get_storage
+from queuectl.core.utils import faults, fs, helper
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or fs._syncfs() is None,
+                                reason="needs fork and syncfs")
+
+BIG = json_backend.HELPER_MIN_JOBS + 200
+
+
+def _specs(n: int, prefix: str = "b") -> list[str]:
+    return [json.dumps({"id": f"{prefix}-{i:05d}", "command": "true"}) for i in range(n)]
+
+
+def _in_child(body: Callable[[], Any], fault: str | None = None) -> tuple[int, Any]:
+    """Runs `body` in a forked child (one thread); returns its wait status and what it
+    returned, or the exception it raised (as its type name and message)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            faults.arm(fault)
+            try:
+                out: Any = ("ok", body())
+            except BaseException as e:
+                out = ("raised", type(e).__name__, str(e))
+            os.write(write_end, pickle.dumps(out))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    status = os.waitpid(pid, 0)[1]
+    return status, pickle.loads(data) if data else None
+
+
+def _enqueue(path: str, specs: list[str]) -> Callable[[], Any]:
+    def body() -> Any:
+        store = get_storage(path)
+        try:
+            return [j.id for j in QueueManager(store).enqueue_many(specs)]
+        finally:
+            store.close()
+    return body
+
+
+def _pending_ids(path: str) -> list[str]:
+    folder = Path(path) / "pending"
+    return sorted(json.loads((folder / n).read_bytes())["id"] for n in os.listdir(folder) if not n.startswith("."))
+
+
+def _leftovers(path: str) -> list[str]:
+    """What a batch may leave in tmp/: its folder (and part/), staged files, id tables."""
+    return [n for n in os.listdir(Path(path) / "tmp") if n.startswith((".batch-", ".ids-"))]
+
+
+def _no_children() -> bool:
+    """Whether this process has no child left, running or unreaped."""
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+@pytest.fixture
+def path(tmp_path) -> str:
+    p = str(tmp_path / "data")
+    get_storage(p).close()
+    return p
+
+
+def test_a_big_batch_is_staged_by_two_processes_and_lands_whole_in_order(path, tmp_path, monkeypatch):
+    seen = tmp_path / "stagers"
+    seen.mkdir()
+    real_stage = json_backend._stage
+
+    def stage(jobs, paths):
+        real_stage(jobs, paths)
+        (seen / f"{os.getpid()}-{len(jobs)}").touch()
+    monkeypatch.setattr(json_backend, "_stage", stage)
+
+    status, out = _in_child(_enqueue(path, _specs(BIG)))
+    assert status == 0 and out[0] == "ok", out
+    assert out[1] == [f"b-{i:05d}" for i in range(BIG)]
+    stagers = {int(n.split("-")[0]): int(n.split("-")[1]) for n in os.listdir(seen)}
+    assert len(stagers) == 2 and sum(stagers.values()) == BIG, stagers  # the enqueue and its helper
+    assert _pending_ids(path) == [f"b-{i:05d}" for i in range(BIG)]
+    assert not _leftovers(path)
+    store = get_storage(path)
+    try:
+        assert store.counts()[json_backend.PENDING] == BIG
+        # FIFO across the two halves: claimed in the order of the file
+        assert [store.claim("t", time.time()).id for _ in range(BIG)] == [f"b-{i:05d}" for i in range(BIG)]
+        assert store.claim("t", time.time()) is None
+    finally:
+        store.close()
+
+
+def test_a_helper_that_fails_fails_the_batch_and_stores_nothing(path, monkeypatch):
+    real_write = fs.write_private
+
+    def write(p, data, durable=False):
+        if f"{os.sep}{json_backend.PART}{os.sep}" in p and p.endswith("00900.json.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(p, data, durable)
+    monkeypatch.setattr(fs, "write_private", write)
+
+    status, out = _in_child(_enqueue(path, _specs(BIG)))
+    assert status == 0 and out[:2] == ("raised", "StorageError"), out
+    assert "no space left on device" in out[2], out
+    assert not _pending_ids(path) and not _leftovers(path)
+    assert not os.listdir(Path(path) / "ids")  # every id free again
+    monkeypatch.undo()
+    status, out = _in_child(_enqueue(path, _specs(BIG)))  # and the same batch goes in after
+    assert out[0] == "ok" and len(_pending_ids(path)) == BIG, out
+
+
+def test_a_helper_that_dies_fails_the_batch_and_stores_nothing(path, monkeypatch):
+    real_write = fs.write_private
+
+    def write(p, data, durable=False):
+        if f"{os.sep}{json_backend.PART}{os.sep}" in p and p.endswith("00900.json.tmp"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_write(p, data, durable)
+    monkeypatch.setattr(fs, "write_private", write)
+
+    status, out = _in_child(_enqueue(path, _specs(BIG)))
+    assert status == 0 and out[:2] == ("raised", "StorageError"), out
+    assert f"a helper process died (signal {int(signal.SIGKILL)})" in out[2], out
+    assert not _pending_ids(path) and not _leftovers(path) and not os.listdir(Path(path) / "ids")
+
+
+def test_a_refused_batch_stops_its_helper_before_removing_its_files(path, monkeypatch):
+    """A duplicate id is found while the helper still writes (slowly here): the enqueue ends
+    the helper first, or files written after the folder's removal would be left behind."""
+    _in_child(_enqueue(path, [json.dumps({"id": "taken", "command": "true"})]))
+    real_write = fs.write_private
+
+    def write(p, data, durable=False):
+        if f"{os.sep}{json_backend.PART}{os.sep}" in p:
+            time.sleep(0.002)
+        return real_write(p, data, durable)
+    monkeypatch.setattr(fs, "write_private", write)
+
+    def body() -> Any:
+        out = _enqueue(path, _specs(BIG) + [json.dumps({"id": "taken", "command": "echo again"})])
+        try:
+            return out()
+        finally:
+            assert _no_children(), "the helper is reaped"
+
+    status, out = _in_child(body)
+    assert status == 0 and out[:2] == ("raised", "DuplicateJobError"), out
+    time.sleep(0.1)  # a helper left running would go on writing
+    assert _pending_ids(path) == ["taken"] and not _leftovers(path)
+    assert os.listdir(Path(path) / "ids") == ["taken"]
+
+
+def test_a_batch_whose_enqueue_is_killed_while_staging_is_swept_part_and_all(path):
+    """Killed at its 50th staged file (its helper too, at its own 50th: each counts from the
+    fork): the ids are free again and the next command removes the dead batch, part/ included."""
+    status, _out = _in_child(_enqueue(path, _specs(BIG)), "stage.written:50")
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    time.sleep(0.2)  # the helper, killed too or finishing its part
+    assert [n for n in _leftovers(path) if n.startswith(".batch-")], "the dead batch is still there"
+    status, out = _in_child(_enqueue(path, _specs(3)))
+    assert out == ("ok", ["b-00000", "b-00001", "b-00002"]), out
+    store = get_storage(path)
+    try:
+        store.maintain()
+    finally:
+        store.close()
+    assert not [n for n in _leftovers(path) if n.startswith(".batch-")]
+    assert _pending_ids(path) == ["b-00000", "b-00001", "b-00002"]
+
+
+def test_a_batch_committed_before_the_kill_is_rolled_forward_part_and_all(path):
+    """Killed right after the commit point (the folder's rename): the next `enqueue --file`
+    moves every job on, those the helper staged in part/ as well."""
+    status, _out = _in_child(_enqueue(path, _specs(BIG)), "rename.done:1")
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert not _pending_ids(path)
+    status, out = _in_child(_enqueue(path, _specs(1, prefix="next")))
+    assert out == ("ok", ["next-00000"]), out
+    assert _pending_ids(path) == sorted([f"b-{i:05d}" for i in range(BIG)] + ["next-00000"])
+    assert not _leftovers(path)
+    store = get_storage(path)
+    try:
+        with pytest.raises(DuplicateJobError):  # the ids stay taken
+            QueueManager(store).enqueue(json.dumps({"id": "b-01000", "command": "true"}))
+    finally:
+        store.close()
+
+
+def test_without_fork_one_process_stages_the_whole_batch(path, tmp_path, monkeypatch):
+    monkeypatch.setattr(helper, "FORK", False)
+    status, out = _in_child(_enqueue(path, _specs(BIG)))
+    assert out[0] == "ok" and _pending_ids(path) == [f"b-{i:05d}" for i in range(BIG)], out
+    assert not _leftovers(path)
+
+
+# -- the helper itself ---------------------------------------------------------------------
+
+def test_join_raises_the_helpers_error_with_its_errno():
+    def body() -> Any:
+        def work() -> None:
+            raise OSError(errno.EROFS, "Read-only file system")
+        h = helper.start_helper(work)
+        assert h is not None
+        try:
+            h.join()
+        except OSError as e:
+            return e.errno, e.strerror
+        return None
+    _status, out = _in_child(body)
+    assert out == ("ok", (errno.EROFS, "Read-only file system"))
+
+
+def test_join_reports_a_helper_that_raised_something_else_or_was_killed():
+    def body() -> Any:
+        results = []
+        for work in (lambda: 1 / 0, lambda: os.kill(os.getpid(), signal.SIGKILL), lambda: None):
+            h = helper.start_helper(work)
+            try:
+                h.join()
+                results.append("ok")
+            except OSError as e:
+                results.append(e.strerror)
+        return results
+    _status, out = _in_child(body)
+    assert out == ("ok", ["ZeroDivisionError: division by zero",
+                          f"a helper process died (signal {int(signal.SIGKILL)})", "ok"]), out
+
+
+def test_cancel_ends_a_running_helper_and_reaps_it():
+    def body() -> Any:
+        h = helper.start_helper(lambda: time.sleep(30))
+        t0 = time.monotonic()
+        h.cancel()
+        h.cancel()  # twice: nothing more to do
+        return time.monotonic() - t0 < 5, _no_children()
+    _status, out = _in_child(body)
+    assert out == ("ok", (True, True)), out
+
+
+def test_no_helper_is_forked_from_a_process_with_threads():
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert helper.start_helper(lambda: None) is None
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_the_real_command_stages_with_a_helper_and_reports_its_death_in_one_line(proc):
+    """Through `queuectl enqueue --file -`, armed to die at the 700th staged file: only the
+    helper gets that far, so the command reports its death and exits 1, the store unchanged.
+    Without a helper the command itself would be killed."""
+    n = 1400  # the helper stages 770, the command 630
+    assert int(n * json_backend.HELPER_SHARE) >= 700 > n - int(n * json_backend.HELPER_SHARE)
+    proc("enqueue", "true")
+    before = {p.relative_to(proc.data): p.read_bytes() for p in proc.data.rglob("*")
+              if p.is_file() and "owners" not in p.parts}
+    proc.env["QUEUECTL_FAULT"] = "stage.written:700"
+    p = proc("enqueue", "--file", "-", input="\n".join(_specs(n)) + "\n", check=False)
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert p.stderr.strip().count("\n") == 0 and "a helper process died" in p.stderr, p.stderr
+    after = {p.relative_to(proc.data): p.read_bytes() for p in proc.data.rglob("*")
+             if p.is_file() and "owners" not in p.parts}
+    assert after == before
+    del proc.env["QUEUECTL_FAULT"]
+    proc("enqueue", "--file", "-", input="\n".join(_specs(n)) + "\n")
+    assert proc.counts()["pending"] == n + 1
