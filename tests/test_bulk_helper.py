@@ -283,7 +283,7 @@ def test_the_real_command_stages_with_a_helper_and_reports_its_death_in_one_line
     """Through `queuectl enqueue --file -`, armed to die at the 700th staged file: only the
     helper gets that far, so the command reports its death and exits 1, the store unchanged.
     Without a helper the command itself would be killed."""
-    n = 1400  # the helper stages 770, the command 630
+    n = 1400  # the helper stages 910, the command 490
     assert int(n * json_backend.HELPER_SHARE) >= 700 > n - int(n * json_backend.HELPER_SHARE)
     proc("enqueue", "true")
     before = {p.relative_to(proc.data): p.read_bytes() for p in proc.data.rglob("*")

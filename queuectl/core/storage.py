@@ -270,9 +270,14 @@ class Storage(ABC):
 
 def host_id() -> str:
     """This host's name in ids and listings (QUEUECTL_HOST_ID overrides the machine's)."""
-    import socket  # only workers and managers need it; enqueue should not pay for it
+    name = os.environ.get("QUEUECTL_HOST_ID")
+    if name:
+        return name
+    if hasattr(os, "uname"):  # gethostname's own source on POSIX, without importing socket (7 ms)
+        return os.uname().nodename
+    import socket
 
-    return os.environ.get("QUEUECTL_HOST_ID") or socket.gethostname()
+    return socket.gethostname()
 
 
 def new_owner_id(kind: str) -> str:
