@@ -1,5 +1,5 @@
-"""A big `enqueue --file` stages part of its batch from a helper process (see
-`JsonStorage.add_many` and queuectl/core/utils/helper.py): the batch stays all or nothing
+"""A big `enqueue --file` writes its batch's files from a helper process while it links the ids
+(see `JsonStorage.add_many` and queuectl/core/utils/helper.py): the batch stays all or nothing
 whatever the helper or its caller does.
 
 A helper is never forked from a process with threads, and pytest-xdist's workers have one:
@@ -74,7 +74,7 @@ def _pending_ids(path: str) -> list[str]:
 
 
 def _leftovers(path: str) -> list[str]:
-    """What a batch may leave in tmp/: its folder (and part/), staged files, id tables."""
+    """What a batch may leave in tmp/: its folder, id tables."""
     return [n for n in os.listdir(Path(path) / "tmp") if n.startswith((".batch-", ".ids-"))]
 
 
@@ -94,7 +94,7 @@ def path(tmp_path) -> str:
     return p
 
 
-def test_a_big_batch_is_staged_by_two_processes_and_lands_whole_in_order(path, tmp_path, monkeypatch):
+def test_a_big_batch_is_written_by_a_helper_and_lands_whole_in_order(path, tmp_path, monkeypatch):
     seen = tmp_path / "stagers"
     seen.mkdir()
     real_stage = json_backend._stage
@@ -104,17 +104,19 @@ def test_a_big_batch_is_staged_by_two_processes_and_lands_whole_in_order(path, t
         (seen / f"{os.getpid()}-{len(jobs)}").touch()
     monkeypatch.setattr(json_backend, "_stage", stage)
 
-    status, out = _in_child(_enqueue(path, _specs(BIG)))
+    def body() -> Any:
+        return _enqueue(path, _specs(BIG))(), os.getpid()
+    status, out = _in_child(body)
     assert status == 0 and out[0] == "ok", out
-    assert out[1] == [f"b-{i:05d}" for i in range(BIG)]
-    stagers = {int(n.split("-")[0]): int(n.split("-")[1]) for n in os.listdir(seen)}
-    assert len(stagers) == 2 and sum(stagers.values()) == BIG, stagers  # the enqueue and its helper
+    ids, enqueuer = out[1]
+    assert ids == [f"b-{i:05d}" for i in range(BIG)]
+    stagers = [tuple(map(int, n.split("-"))) for n in os.listdir(seen)]
+    assert len(stagers) == 1 and stagers[0][0] not in (enqueuer, os.getpid()) and stagers[0][1] == BIG, stagers
     assert _pending_ids(path) == [f"b-{i:05d}" for i in range(BIG)]
     assert not _leftovers(path)
     store = get_storage(path)
     try:
         assert store.counts()[json_backend.PENDING] == BIG
-        # FIFO across the two halves: claimed in the order of the file
         assert [store.claim("t", time.time()).id for _ in range(BIG)] == [f"b-{i:05d}" for i in range(BIG)]
         assert store.claim("t", time.time()) is None
     finally:
@@ -125,7 +127,7 @@ def test_a_helper_that_fails_fails_the_batch_and_stores_nothing(path, monkeypatc
     real_write = fs.write_private
 
     def write(p, data, durable=False):
-        if f"{os.sep}{json_backend.PART}{os.sep}" in p and p.endswith("00900.json.tmp"):
+        if p.endswith("00900.json.tmp"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(p, data, durable)
     monkeypatch.setattr(fs, "write_private", write)
@@ -144,7 +146,7 @@ def test_a_helper_that_dies_fails_the_batch_and_stores_nothing(path, monkeypatch
     real_write = fs.write_private
 
     def write(p, data, durable=False):
-        if f"{os.sep}{json_backend.PART}{os.sep}" in p and p.endswith("00900.json.tmp"):
+        if p.endswith("00900.json.tmp"):
             os.kill(os.getpid(), signal.SIGKILL)
         return real_write(p, data, durable)
     monkeypatch.setattr(fs, "write_private", write)
@@ -162,7 +164,7 @@ def test_a_refused_batch_stops_its_helper_before_removing_its_files(path, monkey
     real_write = fs.write_private
 
     def write(p, data, durable=False):
-        if f"{os.sep}{json_backend.PART}{os.sep}" in p:
+        if f"{os.sep}.batch-" in p:
             time.sleep(0.002)
         return real_write(p, data, durable)
     monkeypatch.setattr(fs, "write_private", write)
@@ -181,13 +183,46 @@ def test_a_refused_batch_stops_its_helper_before_removing_its_files(path, monkey
     assert os.listdir(Path(path) / "ids") == ["taken"]
 
 
-def test_a_batch_whose_enqueue_is_killed_while_staging_is_swept_part_and_all(path):
-    """Killed at its 50th staged file (its helper too, at its own 50th: each counts from the
-    fork): the ids are free again and the next command removes the dead batch, part/ included."""
-    status, _out = _in_child(_enqueue(path, _specs(BIG)), "stage.written:50")
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    time.sleep(0.2)  # the helper, killed too or finishing its part
-    assert [n for n in _leftovers(path) if n.startswith(".batch-")], "the dead batch is still there"
+def test_a_batch_whose_enqueue_is_killed_while_its_helper_writes_is_swept(path, monkeypatch):
+    """The enqueue dies (SIGKILL) while its helper writes: the helper finishes and exits, the
+    batch counts as dead from then on, its ids are free again and the next command sweeps it."""
+    real_write = fs.write_private
+
+    def write(p, data, durable=False):
+        if f"{os.sep}.batch-" in p:
+            time.sleep(0.001)
+        return real_write(p, data, durable)
+    monkeypatch.setattr(fs, "write_private", write)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _enqueue(path, _specs(BIG))()
+        finally:
+            os._exit(0)
+    tmp = Path(path) / "tmp"
+
+    def staged() -> int:
+        try:
+            return sum(len(os.listdir(tmp / n)) for n in os.listdir(tmp) if n.startswith(".batch-"))
+        except FileNotFoundError:  # not created yet
+            return 0
+    deadline = time.monotonic() + 30
+    while staged() < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    monkeypatch.undo()
+    store = get_storage(path)
+    try:
+        folder = next(n for n in os.listdir(tmp) if n.startswith(".batch-"))
+        assert staged() < BIG and store._batch_alive(folder), "the helper still writes"
+        deadline = time.monotonic() + 30
+        while store._batch_alive(folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert staged() == BIG, "the helper finished its files after its enqueue died"
+        assert not store._batch_alive(folder)
+    finally:
+        store.close()
     status, out = _in_child(_enqueue(path, _specs(3)))
     assert out == ("ok", ["b-00000", "b-00001", "b-00002"]), out
     store = get_storage(path)
@@ -199,9 +234,9 @@ def test_a_batch_whose_enqueue_is_killed_while_staging_is_swept_part_and_all(pat
     assert _pending_ids(path) == ["b-00000", "b-00001", "b-00002"]
 
 
-def test_a_batch_committed_before_the_kill_is_rolled_forward_part_and_all(path):
+def test_a_batch_committed_before_the_kill_is_rolled_forward(path):
     """Killed right after the commit point (the folder's rename): the next `enqueue --file`
-    moves every job on, those the helper staged in part/ as well."""
+    moves every job the helper wrote on."""
     status, _out = _in_child(_enqueue(path, _specs(BIG)), "rename.done:1")
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert not _pending_ids(path)
@@ -217,7 +252,7 @@ def test_a_batch_committed_before_the_kill_is_rolled_forward_part_and_all(path):
         store.close()
 
 
-def test_without_fork_one_process_stages_the_whole_batch(path, tmp_path, monkeypatch):
+def test_without_fork_the_enqueue_writes_the_batch_itself(path, tmp_path, monkeypatch):
     monkeypatch.setattr(helper, "FORK", False)
     status, out = _in_child(_enqueue(path, _specs(BIG)))
     assert out[0] == "ok" and _pending_ids(path) == [f"b-{i:05d}" for i in range(BIG)], out
@@ -280,11 +315,10 @@ def test_no_helper_is_forked_from_a_process_with_threads():
 
 
 def test_the_real_command_stages_with_a_helper_and_reports_its_death_in_one_line(proc):
-    """Through `queuectl enqueue --file -`, armed to die at the 700th staged file: only the
-    helper gets that far, so the command reports its death and exits 1, the store unchanged.
-    Without a helper the command itself would be killed."""
-    n = 1400  # the helper stages 910, the command 490
-    assert int(n * json_backend.HELPER_SHARE) >= 700 > n - int(n * json_backend.HELPER_SHARE)
+    """Through `queuectl enqueue --file -`, armed to die at the 700th file written: only the
+    helper writes that many (the command writes two id tables), so the command reports its
+    death and exits 1, the store unchanged. Without a helper the command itself would die."""
+    n = 1400
     proc("enqueue", "true")
     before = {p.relative_to(proc.data): p.read_bytes() for p in proc.data.rglob("*")
               if p.is_file() and "owners" not in p.parts}

@@ -20,8 +20,7 @@ Layout of the data directory (0700; every file 0600)::
     logs/<id>.<attempt>.out|err what each attempt printed (empty ones are removed)
     quarantine/                 unreadable files, set aside rather than deleted
     tmp/                        temp files before their rename; a worker's spare files;
-                                .batch-*[.commit] folders of an `enqueue --file` (a big
-                                one's helper process stages into its part/ sub-folder)
+                                .batch-*[.commit] folders of an `enqueue --file`
     stop                        time of the latest `queuectl stop`
     runnable                    touched when a job becomes runnable: workers list again
     wake                        a FIFO: an enqueue writes a byte, an idle worker wakes on it
@@ -78,13 +77,9 @@ COUNT_FLUSH_INTERVAL = 0.05
 # Jobs per id table of a bulk enqueue (see `_link_ids`): a table is read whole by `get`, and
 # ext4 allows 65,000 links to one file.
 TABLE_JOBS = 1000
-# A bulk enqueue of at least this many jobs stages part of them from a helper process, on the
-# other core (see `add_many`): at 1,000 jobs it was 10-20% faster, at 300 even (the fork's cost).
+# A bulk enqueue of at least this many jobs stages its files from a helper process while it
+# links their ids (see `add_many`): at 1,000 jobs that was faster, at 300 even (the fork's cost).
 HELPER_MIN_JOBS = 1000
-# The share of a batch its helper stages: the enqueue itself also links the ids meanwhile.
-HELPER_SHARE = 0.65
-# The helper's sub-folder of a batch folder.
-PART = "part"
 # A temp file this old belongs to a writer that died; younger ones may still be renamed.
 TEMP_MAX_AGE = 60.0
 # A worker recycles the files of the jobs it finished as the files of its next results (see
@@ -287,12 +282,12 @@ class JsonStorage(Storage):
         which the files are moved into pending/ (and a batch a killed process left committed
         is moved on by the next `enqueue --file` or recovery). Durable when it returns.
 
-        From HELPER_MIN_JOBS jobs on, a helper process stages part of them into the folder's
-        part/ while this one links the ids and stages the rest: each batch job costs more in
-        the kernel (a new inode, a page) than in Python, and the second core does half of it.
-        Two threads did worse (they queued on the folder's lock and handed the GIL back and
-        forth, 8,300-8,800 against 10,300-11,900 jobs/s in-process); two processes writing into
-        two folders do not.
+        From HELPER_MIN_JOBS jobs on, a helper process writes the files, in order, while this
+        one links the ids: the two run on two cores. Splitting the files between the two was
+        faster still, but their inodes then interleaved, and a drain in enqueue order dirtied
+        more inode-table blocks per synced batch (2-worker drains of such batches ran slower in
+        four of six pairs); two threads did worse than one (they queued on the folder's lock and
+        handed the GIL back and forth, 8,300-8,800 against 10,300-11,900 jobs/s in-process).
         """
         self._ensure()
         self.roll_forward()
@@ -303,28 +298,18 @@ class JsonStorage(Storage):
         # named as in pending/, as temp files (a reader of the store skips them until they move)
         staged = [f"{folder}{os.sep}.{self._name(job)}.tmp" for job in jobs]
         markers: list[str] = []
-        folders = [self._p("ids"), folder]
         helper: Any = None
         try:
             os.mkdir(folder, 0o700)
-            mine = len(jobs)
-            # Only where one syncfs makes the helper's files durable too (the fallback below
-            # fsyncs the files this process knows of).
+            # Only where one syncfs makes the helper's files durable (the fallback fsyncs each).
             if len(jobs) >= HELPER_MIN_JOBS and fs._syncfs() is not None:
-                mine -= int(len(jobs) * HELPER_SHARE)
-                part = os.path.join(folder, PART)
-                os.mkdir(part, 0o700)
-                folders.append(part)
-                staged[mine:] = [os.path.join(part, os.path.basename(path)) for path in staged[mine:]]
-                theirs = (jobs[mine:], staged[mine:])
-                helper = start_helper(lambda: _stage(*theirs))
-                if helper is None:
-                    mine = len(jobs)  # then this process stages them all, part/ included
+                helper = start_helper(lambda: _stage(jobs, staged))
             anchors = self._link_ids(jobs, markers, os.path.basename(folder))
-            _stage(jobs[:mine], staged[:mine])
-            if helper is not None:
+            if helper is None:
+                _stage(jobs, staged)
+            else:
                 helper.join()
-            fs.sync_filesystem(self.root, staged + anchors + folders)
+            fs.sync_filesystem(self.root, staged + anchors + [self._p("ids"), folder])
         except BaseException as e:
             if helper is not None:
                 helper.cancel()  # before the folder goes: it may still be writing into it
@@ -352,23 +337,22 @@ class JsonStorage(Storage):
         keep some moves and lose the commit, and the sweep would discard the rest of the batch;
         the moves before the folder goes, or it could keep the removal and lose the moves.
         """
-        found = _staged_files(folder)
-        if found is None:
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
             return
-        paths, parted = found
-        if paths:
+        names = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
+        if names:
             fs.fsync_dir(os.path.dirname(folder))
-        for path in paths:
+        for name in names:
             try:
-                _rename(path, self._p("pending", os.path.basename(path)[1:-4]))
+                _rename(os.path.join(folder, name), self._p("pending", name[1:-4]))
             except FileNotFoundError:
                 pass  # another process is moving the same batch on
         fs.fsync_dir(self._p("pending"))
-        if parted:
-            _rmdir(os.path.join(folder, PART))
         _rmdir(folder)
         self._runnable_added()
-        self.notify_work(len(paths))
+        self.notify_work(len(names))
 
     def _batch_alive(self, folder: str) -> bool:
         """Whether the `enqueue --file` that stages the batch `folder` (a name in tmp/) still runs."""
@@ -391,9 +375,11 @@ class JsonStorage(Storage):
         for folder in self._names_all("tmp"):
             path = self._p("tmp", folder)
             if folder.startswith(".batch-") and self._batch_alive(folder):
-                if any((p := _parse_runnable(os.path.basename(f)[1:-4])) and p[3] == job_id
-                       for f in (_staged_files(path) or ([], False))[0]):
-                    return True
+                try:
+                    if any((p := _parse_runnable(n[1:-4])) and p[3] == job_id for n in os.listdir(path)):
+                        return True
+                except OSError:
+                    continue
         return False
 
     def roll_forward(self) -> None:
@@ -1727,26 +1713,6 @@ def _rewrite(path: str, data: bytes) -> None:
     fault("stage.written")
 
 
-def _staged_files(folder: str) -> tuple[list[str], bool] | None:
-    """The job files staged in a batch folder and its part/, and whether it has a part/; None
-    if the folder is gone."""
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return [], False
-    paths = [os.path.join(folder, n) for n in names if n.startswith(".") and n.endswith(".tmp")]
-    parted = PART in names
-    if parted:
-        part = os.path.join(folder, PART)
-        try:
-            paths += [os.path.join(part, n) for n in os.listdir(part) if n.startswith(".") and n.endswith(".tmp")]
-        except OSError:
-            pass
-    return paths, parted
-
-
 def _stage(jobs: list[Job], paths: list[str]) -> None:
     """Writes each job to its new file (a bulk enqueue's batch; synced by the caller)."""
     for job, path in zip(jobs, paths):
@@ -1754,17 +1720,13 @@ def _stage(jobs: list[Job], paths: list[str]) -> None:
 
 
 def _remove_folder(path: str) -> None:
-    """Removes a folder of files and of such folders (a batch that was never committed)."""
+    """Removes a folder of files (a batch that was never committed)."""
     try:
-        with os.scandir(path) as it:
-            entries = [(e.path, e.is_dir(follow_symlinks=False)) for e in it]
+        names = os.listdir(path)
     except OSError:
         return
-    for entry, is_dir in entries:
-        if is_dir:
-            _remove_folder(entry)
-        else:
-            _unlink(entry)
+    for name in names:
+        _unlink(os.path.join(path, name))
     _rmdir(path)
 
 

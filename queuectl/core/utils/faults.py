@@ -7,7 +7,8 @@ check. The format is ``POINT:N[:TRIP]``::
 
     QUEUECTL_FAULT=write.before_replace:3
         SIGKILL this process the 3rd time it reaches write.before_replace (os._exit where the
-        platform has no SIGKILL); each process counts its own hits from zero.
+        platform has no SIGKILL); each process counts its own hits from zero (a forked helper,
+        see helper.py, from its parent's count at the fork).
     QUEUECTL_FAULT=write.before_replace:3:/some/dir/trip
         the same, but only one process of all those that inherit the variable (a `start` and its
         workers) dies: the first to get there creates TRIP (naming the point and its pid), and
