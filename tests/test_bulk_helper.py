@@ -87,6 +87,26 @@ def _no_children() -> bool:
     return False
 
 
+def _before_writes(monkeypatch, when: Callable[[str], bool], act: Callable[[], None]) -> None:
+    """Makes `act()` run before each file write whose path `when` accepts (in the helper too,
+    which inherits the patch)."""
+    real_write = fs.write_private
+
+    def write(p, data, durable=False):
+        if when(p):
+            act()
+        return real_write(p, data, durable)
+    monkeypatch.setattr(fs, "write_private", write)
+
+
+def _job_file(p: str) -> bool:
+    return f"{os.sep}.batch-" in p
+
+
+def _enospc() -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 @pytest.fixture
 def path(tmp_path) -> str:
     p = str(tmp_path / "data")
@@ -124,13 +144,7 @@ def test_a_big_batch_is_written_by_a_helper_and_lands_whole_in_order(path, tmp_p
 
 
 def test_a_helper_that_fails_fails_the_batch_and_stores_nothing(path, monkeypatch):
-    real_write = fs.write_private
-
-    def write(p, data, durable=False):
-        if p.endswith("00900.json.tmp"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(p, data, durable)
-    monkeypatch.setattr(fs, "write_private", write)
+    _before_writes(monkeypatch, lambda p: p.endswith("00900.json.tmp"), _enospc)
 
     status, out = _in_child(_enqueue(path, _specs(BIG)))
     assert status == 0 and out[:2] == ("raised", "StorageError"), out
@@ -143,13 +157,7 @@ def test_a_helper_that_fails_fails_the_batch_and_stores_nothing(path, monkeypatc
 
 
 def test_a_helper_that_dies_fails_the_batch_and_stores_nothing(path, monkeypatch):
-    real_write = fs.write_private
-
-    def write(p, data, durable=False):
-        if p.endswith("00900.json.tmp"):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real_write(p, data, durable)
-    monkeypatch.setattr(fs, "write_private", write)
+    _before_writes(monkeypatch, lambda p: p.endswith("00900.json.tmp"), lambda: os.kill(os.getpid(), signal.SIGKILL))
 
     status, out = _in_child(_enqueue(path, _specs(BIG)))
     assert status == 0 and out[:2] == ("raised", "StorageError"), out
@@ -161,13 +169,7 @@ def test_a_refused_batch_stops_its_helper_before_removing_its_files(path, monkey
     """A duplicate id is found while the helper still writes (slowly here): the enqueue ends
     the helper first, or files written after the folder's removal would be left behind."""
     _in_child(_enqueue(path, [json.dumps({"id": "taken", "command": "true"})]))
-    real_write = fs.write_private
-
-    def write(p, data, durable=False):
-        if f"{os.sep}.batch-" in p:
-            time.sleep(0.002)
-        return real_write(p, data, durable)
-    monkeypatch.setattr(fs, "write_private", write)
+    _before_writes(monkeypatch, _job_file, lambda: time.sleep(0.002))
 
     def body() -> Any:
         out = _enqueue(path, _specs(BIG) + [json.dumps({"id": "taken", "command": "echo again"})])
@@ -186,13 +188,7 @@ def test_a_refused_batch_stops_its_helper_before_removing_its_files(path, monkey
 def test_a_batch_whose_enqueue_is_killed_while_its_helper_writes_is_swept(path, monkeypatch):
     """The enqueue dies (SIGKILL) while its helper writes: the helper finishes and exits, the
     batch counts as dead from then on, its ids are free again and the next command sweeps it."""
-    real_write = fs.write_private
-
-    def write(p, data, durable=False):
-        if f"{os.sep}.batch-" in p:
-            time.sleep(0.001)
-        return real_write(p, data, durable)
-    monkeypatch.setattr(fs, "write_private", write)
+    _before_writes(monkeypatch, _job_file, lambda: time.sleep(0.001))
     pid = os.fork()
     if pid == 0:
         try:
