@@ -99,6 +99,18 @@ def _before_writes(monkeypatch, when: Callable[[str], bool], act: Callable[[], N
     monkeypatch.setattr(fs, "write_private", write)
 
 
+def _gated(gate: Path, after: int) -> Callable[[], None]:
+    """An action for `_before_writes`: from the write after the `after`-th on (each process
+    counting its own), waits while the file `gate` exists."""
+    seen = [0]
+
+    def act() -> None:
+        seen[0] += 1
+        while seen[0] > after and gate.exists():
+            time.sleep(0.005)
+    return act
+
+
 def _job_file(p: str) -> bool:
     return f"{os.sep}.batch-" in p
 
@@ -165,11 +177,13 @@ def test_a_helper_that_dies_fails_the_batch_and_stores_nothing(path, monkeypatch
     assert not _pending_ids(path) and not _leftovers(path) and not os.listdir(Path(path) / "ids")
 
 
-def test_a_refused_batch_stops_its_helper_before_removing_its_files(path, monkeypatch):
-    """A duplicate id is found while the helper still writes (slowly here): the enqueue ends
-    the helper first, or files written after the folder's removal would be left behind."""
+def test_a_refused_batch_stops_its_helper_before_removing_its_files(path, tmp_path, monkeypatch):
+    """A duplicate id is found while the helper still writes (held after 100 files here): the
+    enqueue ends the helper first, or files written after the folder's removal would be left."""
     _in_child(_enqueue(path, [json.dumps({"id": "taken", "command": "true"})]))
-    _before_writes(monkeypatch, _job_file, lambda: time.sleep(0.002))
+    gate = tmp_path / "gate"
+    gate.touch()
+    _before_writes(monkeypatch, _job_file, _gated(gate, 100))
 
     def body() -> Any:
         out = _enqueue(path, _specs(BIG) + [json.dumps({"id": "taken", "command": "echo again"})])
@@ -179,16 +193,21 @@ def test_a_refused_batch_stops_its_helper_before_removing_its_files(path, monkey
             assert _no_children(), "the helper is reaped"
 
     status, out = _in_child(body)
+    gate.unlink()  # a helper left running would go on writing now
     assert status == 0 and out[:2] == ("raised", "DuplicateJobError"), out
-    time.sleep(0.1)  # a helper left running would go on writing
+    time.sleep(0.2)
     assert _pending_ids(path) == ["taken"] and not _leftovers(path)
     assert os.listdir(Path(path) / "ids") == ["taken"]
 
 
-def test_a_batch_whose_enqueue_is_killed_while_its_helper_writes_is_swept(path, monkeypatch):
+def test_a_batch_whose_enqueue_is_killed_while_its_helper_writes_is_swept(path, tmp_path, monkeypatch):
     """The enqueue dies (SIGKILL) while its helper writes: the helper finishes and exits, the
-    batch counts as dead from then on, its ids are free again and the next command sweeps it."""
-    _before_writes(monkeypatch, _job_file, lambda: time.sleep(0.001))
+    batch counts as dead from then on, the same batch goes in again (its ids taken over from
+    the dead one's markers, its files written by a helper of its own) and the dead batch is
+    swept."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    _before_writes(monkeypatch, _job_file, _gated(gate, 100))
     pid = os.fork()
     if pid == 0:
         try:
@@ -211,7 +230,8 @@ def test_a_batch_whose_enqueue_is_killed_while_its_helper_writes_is_swept(path, 
     store = get_storage(path)
     try:
         folder = next(n for n in os.listdir(tmp) if n.startswith(".batch-"))
-        assert staged() < BIG and store._batch_alive(folder), "the helper still writes"
+        assert staged() == 100 and store._batch_alive(folder), "the helper is alive, held at 100 files"
+        gate.unlink()
         deadline = time.monotonic() + 30
         while store._batch_alive(folder) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -219,15 +239,30 @@ def test_a_batch_whose_enqueue_is_killed_while_its_helper_writes_is_swept(path, 
         assert not store._batch_alive(folder)
     finally:
         store.close()
-    status, out = _in_child(_enqueue(path, _specs(3)))
-    assert out == ("ok", ["b-00000", "b-00001", "b-00002"]), out
+    status, out = _in_child(_enqueue(path, _specs(BIG)))
+    assert out == ("ok", [f"b-{i:05d}" for i in range(BIG)]), out[:2]
     store = get_storage(path)
     try:
         store.maintain()
     finally:
         store.close()
     assert not [n for n in _leftovers(path) if n.startswith(".batch-")]
-    assert _pending_ids(path) == ["b-00000", "b-00001", "b-00002"]
+    assert _pending_ids(path) == [f"b-{i:05d}" for i in range(BIG)]
+
+
+def test_a_helper_reaped_by_the_kernel_is_still_known_dead(path, monkeypatch):
+    """With SIGCHLD ignored (inherited from a parent that ignores it), `waitpid` cannot tell a
+    killed helper from a clean exit: the missing "ok" on its pipe does."""
+    _before_writes(monkeypatch, lambda p: p.endswith("00900.json.tmp"), lambda: os.kill(os.getpid(), signal.SIGKILL))
+
+    def body() -> Any:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        return _enqueue(path, _specs(BIG))()
+
+    status, out = _in_child(body)
+    assert status == 0 and out[:2] == ("raised", "StorageError"), out
+    assert "a helper process died (its exit status is unknown)" in out[2], out
+    assert not _pending_ids(path) and not _leftovers(path) and not os.listdir(Path(path) / "ids")
 
 
 def test_a_batch_committed_before_the_kill_is_rolled_forward(path):
@@ -250,8 +285,16 @@ def test_a_batch_committed_before_the_kill_is_rolled_forward(path):
 
 def test_without_fork_the_enqueue_writes_the_batch_itself(path, tmp_path, monkeypatch):
     monkeypatch.setattr(helper, "FORK", False)
-    status, out = _in_child(_enqueue(path, _specs(BIG)))
-    assert out[0] == "ok" and _pending_ids(path) == [f"b-{i:05d}" for i in range(BIG)], out
+    writers = tmp_path / "writers"
+    writers.mkdir()
+    _before_writes(monkeypatch, _job_file, lambda: (writers / str(os.getpid())).touch())
+
+    def body() -> Any:
+        return _enqueue(path, _specs(BIG))(), os.getpid()
+    status, out = _in_child(body)
+    assert out[0] == "ok" and out[1][0] == [f"b-{i:05d}" for i in range(BIG)], out[:2]
+    assert os.listdir(writers) == [str(out[1][1])]  # the enqueue's own process, no other
+    assert _pending_ids(path) == [f"b-{i:05d}" for i in range(BIG)]
     assert not _leftovers(path)
 
 

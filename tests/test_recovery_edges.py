@@ -481,7 +481,7 @@ def test_an_id_held_by_a_bulk_enqueue_still_claiming_ids_is_not_given_out_again(
     first = get_storage(path)
     jobs = [Job.new("true", 0, job_id=f"h-{i}") for i in range(3)]
     batch = f".batch-{first._own_cli_owner()}.0123456789ab"  # as add_many names it
-    first._link_ids(jobs, [], batch)  # where a slow add_many is, before its batch folder exists
+    first._link_ids(jobs, [], batch)  # where a slow add_many is: ids linked, no file written yet
     second = get_storage(path)
     try:
         with pytest.raises(DuplicateJobError):

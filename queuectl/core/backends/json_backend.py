@@ -371,10 +371,13 @@ class JsonStorage(Storage):
         return name.startswith(".batch-") and self._batch_alive(name)
 
     def _staged(self, job_id: str) -> bool:
-        """Whether a live `enqueue --file` has this id in its batch (its marker is not stale)."""
+        """Whether another live `enqueue --file` has this id in its batch (its marker is not
+        stale). This process's own batch is not another: its helper writes the files while the
+        ids are linked, and an id seen twice in one batch was refused before."""
+        own = f".batch-{self._cli_owner}." if self._cli_owner else None
         for folder in self._names_all("tmp"):
             path = self._p("tmp", folder)
-            if folder.startswith(".batch-") and self._batch_alive(folder):
+            if folder.startswith(".batch-") and not (own and folder.startswith(own)) and self._batch_alive(folder):
                 try:
                     if any((p := _parse_runnable(n[1:-4])) and p[3] == job_id for n in os.listdir(path)):
                         return True

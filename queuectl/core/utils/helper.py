@@ -5,15 +5,24 @@ creation), where a thread would hand the GIL back and forth at every call. POSIX
 from a process with threads: a fork copies only the calling thread, and a lock another thread
 held stays locked in the child. Where it cannot start, `start_helper` returns None and the
 caller does the work itself.
+
+The child reports on a pipe: "ok" as its very last act, or the error it raised. Anything else
+(nothing at all) means it died, whatever `waitpid` says: where SIGCHLD is ignored, children are
+reaped by the kernel and `waitpid` cannot tell a killed child from a clean exit.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Callable
 
 # Cleared by tests to run the callers' one-process path.
 FORK = hasattr(os, "fork") and hasattr(os, "waitpid")
+_OK = b"ok"
+# Held off while the child is forked, so neither side is interrupted half set up; the child
+# then takes the default action for each (it dies, and its caller reports that).
+_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
 
 
 class Helper:
@@ -30,14 +39,15 @@ class Helper:
         while chunk := os.read(self._fd, 4096):
             chunks.append(chunk)
         self._close()
-        status = _wait(self._pid)
-        self._pid = None  # reaped: its pid may belong to another process from now on
-        report = b"".join(chunks).decode("utf-8", "replace")
+        pid, self._pid = self._pid, None  # about to be reaped: its pid may be reused after
+        status = _wait(pid)
+        report = b"".join(chunks)
+        if report == _OK:
+            return
         if report:
-            code, _, message = report.partition(" ")
+            code, _, message = report.decode("utf-8", "replace").partition(" ")
             raise OSError(int(code) if code.isdigit() else 0, message or "a helper process failed")
-        if status != 0:
-            raise OSError(0, f"a helper process died ({_describe(status)})")
+        raise OSError(0, f"a helper process died ({_describe(status)})")
 
     def cancel(self) -> None:
         """Ends the helper now and waits for it, unless `join` already has (the caller is
@@ -45,13 +55,12 @@ class Helper:
         self._close()
         if self._pid is None:
             return
-        import signal
+        pid, self._pid = self._pid, None
         try:
-            os.kill(self._pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
         except ProcessLookupError:
             pass
-        _wait(self._pid)
-        self._pid = None
+        _wait(pid)
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -61,33 +70,71 @@ class Helper:
 
 def start_helper(work: Callable[[], None]) -> Helper | None:
     """Runs `work()` in a forked child; None where that cannot be done (see the module)."""
-    threading = sys.modules.get("threading")  # not imported: no Python thread was ever started
-    if not FORK or (threading is not None and threading.active_count() > 1):
+    if not FORK or _has_threads():
         return None
-    read_end, write_end = os.pipe()
+    blocked = hasattr(signal, "pthread_sigmask")
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS) if blocked else None
+    helper = None
     try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        return None
-    if pid == 0:  # pragma: no cover (the child; its effects are what the tests check)
-        code = 0
+        read_end, write_end = os.pipe()
         try:
+            pid = os.fork()
+        except OSError:
             os.close(read_end)
+            os.close(write_end)
+            return None
+        if pid == 0:  # pragma: no cover (the child; its effects are what the tests check)
+            _child(work, read_end, write_end, old_mask)
+        os.close(write_end)
+        helper = Helper(pid, read_end)
+    finally:
+        if blocked:
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)  # a pending Ctrl+C lands here
+            except BaseException:
+                if helper is not None:
+                    helper.cancel()
+                raise
+    return helper
+
+
+def _child(work: Callable[[], None], read_end: int, write_end: int, old_mask: object) -> None:
+    """The helper's whole life: it never returns into its caller's code."""
+    code = 1
+    try:
+        for sig in _SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # what the caller ignores, it ignores
+                signal.signal(sig, signal.SIG_DFL)
+        if old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(read_end)
+        # Not the caller's terminal or pipes: a helper that outlives a killed caller must not
+        # keep a reader of its output waiting.
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        import gc
+        gc.disable()  # a collection would touch every object the fork shares with the caller
+        try:
             work()
-        except BaseException as e:  # Ctrl+C included: the caller sees it and cancels
-            code = 1
+            report = _OK
+        except BaseException as e:
             errno = e.errno if isinstance(e, OSError) and e.errno else 0
             text = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
-            try:
-                os.write(write_end, f"{errno} {text}".encode("utf-8", "replace")[:4096])
-            except BaseException:
-                pass
-        finally:
-            os._exit(code)  # no atexit handlers, no flushing of the caller's buffers, no locks let go
-    os.close(write_end)
-    return Helper(pid, read_end)
+            report = f"{errno} {text}".encode("utf-8", "replace")[:4096]
+        os.write(write_end, report)
+        code = 0 if report == _OK else 1
+    finally:
+        os._exit(code)  # no atexit handlers, no flushing of the caller's buffers, no locks let go
+
+
+def _has_threads() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) > 1  # every thread, those of C code included
+    except OSError:
+        threading = sys.modules.get("threading")  # not imported: no Python thread was started
+        return threading is not None and threading.active_count() > 1
 
 
 def _wait(pid: int) -> int:
@@ -96,11 +143,13 @@ def _wait(pid: int) -> int:
             return os.waitpid(pid, 0)[1]
         except InterruptedError:
             continue
-        except ChildProcessError:
-            return 0
+        except ChildProcessError:  # reaped already (SIGCHLD ignored): the report decides
+            return -1
 
 
 def _describe(status: int) -> str:
+    if status < 0:
+        return "its exit status is unknown"
     if hasattr(os, "WIFSIGNALED") and os.WIFSIGNALED(status):
         return f"signal {os.WTERMSIG(status)}"
-    return f"exit status {os.waitstatus_to_exitcode(status) if hasattr(os, 'waitstatus_to_exitcode') else status}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
