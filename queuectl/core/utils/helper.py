@@ -13,7 +13,6 @@ reaped by the kernel and `waitpid` cannot tell a killed child from a clean exit.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Callable
 
@@ -22,7 +21,7 @@ FORK = hasattr(os, "fork") and hasattr(os, "waitpid")
 _OK = b"ok"
 # Held off while the child is forked, so neither side is interrupted half set up; the child
 # then takes the default action for each (it dies, and its caller reports that).
-_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
+_SIGNAL_NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 class Helper:
@@ -56,6 +55,7 @@ class Helper:
         if self._pid is None:
             return
         pid, self._pid = self._pid, None
+        import signal
         try:
             os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
         except ProcessLookupError:
@@ -72,8 +72,11 @@ def start_helper(work: Callable[[], None]) -> Helper | None:
     """Runs `work()` in a forked child; None where that cannot be done (see the module)."""
     if not FORK or _has_threads():
         return None
+    import signal  # here, not at the top: every CLI call imports this module, few fork
+
+    signals = {getattr(signal, name) for name in _SIGNAL_NAMES if hasattr(signal, name)}
     blocked = hasattr(signal, "pthread_sigmask")
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS) if blocked else None
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals) if blocked else None
     helper = None
     try:
         read_end, write_end = os.pipe()
@@ -84,7 +87,7 @@ def start_helper(work: Callable[[], None]) -> Helper | None:
             os.close(write_end)
             return None
         if pid == 0:  # pragma: no cover (the child; its effects are what the tests check)
-            _child(work, read_end, write_end, old_mask)
+            _child(work, read_end, write_end, signals, old_mask)
         os.close(write_end)
         helper = Helper(pid, read_end)
     finally:
@@ -98,11 +101,13 @@ def start_helper(work: Callable[[], None]) -> Helper | None:
     return helper
 
 
-def _child(work: Callable[[], None], read_end: int, write_end: int, old_mask: object) -> None:
+def _child(work: Callable[[], None], read_end: int, write_end: int, signals: set, old_mask: object) -> None:
     """The helper's whole life: it never returns into its caller's code."""
+    import signal
+
     code = 1
     try:
-        for sig in _SIGNALS:
+        for sig in signals:
             if signal.getsignal(sig) is not signal.SIG_IGN:  # what the caller ignores, it ignores
                 signal.signal(sig, signal.SIG_DFL)
         if old_mask is not None:
