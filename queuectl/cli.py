@@ -49,7 +49,11 @@ class QueuectlGroup(click.Group):
             _fail(message, EXIT_USAGE)
         except click.ClickException as e:
             _fail(e.format_message(), e.exit_code)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as e:
+            # Click turns Ctrl+C at a prompt or in a command into Abort: the shell's 130 still
+            # tells a script that the user interrupted, rather than that something failed.
+            if isinstance(e.__cause__, KeyboardInterrupt):
+                _fail("interrupted", 130)
             _fail("aborted", EXIT_RUNTIME)
         except QueuectlError as e:
             _fail(str(e), e.exit_code)
@@ -144,7 +148,9 @@ def _csv(value: str | None, kind: type = str, hint: str = "") -> list[Any] | Non
     """'a,b' -> ['a', 'b'] for list-valued options; None when the option was not given."""
     if value is None:
         return None
-    parts = [p.strip() for p in value.split(",") if p.strip()]
+    parts = [p.strip() for p in value.split(",")]
+    if not all(parts):  # `--after ''` or `2,,3`: a slip, not "nothing"
+        raise click.BadParameter(f"'{value}' has an empty item", param_hint=hint or None)
     try:
         return [kind(p) for p in parts]
     except ValueError:
@@ -162,7 +168,8 @@ def _csv(value: str | None, kind: type = str, hint: str = "") -> list[Any] | Non
 @click.option("--no-retry-on", metavar="CODES", help="Exit codes that go straight to the DLQ, e.g. 2,64.")
 @click.option("--after", metavar="IDS", help="Run only after these jobs completed (ids or prefixes, comma-separated).")
 @click.option("--unique-key", metavar="KEY", help="Add nothing if a job with this key is waiting or running.")
-@click.option("--file", "spec_file", type=click.File("r", encoding="utf-8", errors="strict"),
+# utf-8-sig: a byte-order mark that an editor put first is not part of the first job
+@click.option("--file", "spec_file", type=click.File("r", encoding="utf-8-sig", errors="strict"),
               metavar="FILE", help="Add many jobs: one JSON spec or command per line ('-' for stdin).")
 @click.option("--wait", is_flag=True, help="Block until the job ends; print its output; exit with its exit code.")
 @JSON
@@ -180,7 +187,7 @@ def enqueue(app: App, command: str | None, spec_file: Any, wait: bool, as_json: 
       queuectl enqueue "make test" --wait     # exit code of the job
     """
     options["no_retry_on"] = _csv(options["no_retry_on"], int, "--no-retry-on")
-    options["after"] = _csv(options["after"])
+    options["after"] = _csv(options["after"], hint="--after")
     if spec_file is not None:
         if command is not None or wait or any(v is not None for v in options.values()):
             raise click.UsageError("--file takes no COMMAND and no other option (put them in the JSON lines)")
@@ -201,6 +208,8 @@ def enqueue(app: App, command: str | None, spec_file: Any, wait: bool, as_json: 
         click.echo(f"Job already queued\n   ID: {job.id}\n   State: {job.state.value}", err=wait)
     else:
         click.echo(f"Job enqueued successfully!\n   ID: {job.id}\n   Command: {job.command}", err=wait)
+        if job.state is JobState.DEAD:  # a dependency is in the DLQ: its retry brings this job back
+            click.echo(f"   State: dead ({job.last_error}); it waits for that job's retry", err=wait)
     if wait:
         _wait_and_exit(app, job.id)
 
@@ -517,13 +526,15 @@ def cancel(app: App, job_ids: tuple[str, ...]) -> None:
     Example:
       queuectl cancel 08232c92 job1
     """
+    # Every id is looked up before any job is touched: a typo among them cancels nothing.
+    ids = list(dict.fromkeys(app.manager.resolve(ref).id for ref in job_ids))
     failures = 0
-    for ref in job_ids:
+    for job_id in ids:
         try:
-            job = app.manager.cancel(ref)
+            job = app.manager.cancel(job_id)
             click.echo(f"Job {job.id} cancelled")
         except QueuectlError as e:
-            if len(job_ids) == 1:
+            if len(ids) == 1:
                 raise
             click.echo(f"Error: {e}", err=True)
             failures += 1
@@ -580,7 +591,7 @@ def show(app: App, job_id: str, as_json: bool) -> None:
     history = data.pop("history")
     for key, value in data.items():
         shown = ",".join(str(v) for v in value) if isinstance(value, list) else value
-        click.echo(f"{key:<25}{'' if shown is None else shown}")
+        click.echo(f"{key:<25}{'' if shown is None else _shown(str(shown))}")
     if history:
         rows = [[h.get("attempt"), h.get("started_at"), h.get("finished_at"), _secs(h.get("duration")),
                  _exit_text(h), "yes" if h.get("timed_out") else "", h.get("worker") or "",
@@ -631,19 +642,22 @@ def logs(app: App, job_id: str, attempt: int | None, stream: str | None, follow:
         if label:
             click.echo(f"==> {label} (attempt {number}) <==")
         data = _read_output(path, tail)
-        click.echo(data, nl=bool(data) and not data.endswith("\n"))
+        sys.stdout.flush()
+        # the bytes the command wrote, as `cat` would show them: not decoded, nothing replaced
+        sys.stdout.buffer.write(data + b"\n" if data and not data.endswith(b"\n") else data)
+        sys.stdout.buffer.flush()
 
 
-def _read_output(path: str, tail: int | None) -> str:
+def _read_output(path: str, tail: int | None) -> bytes:
     try:
         with open(path, "rb") as f:
-            text = f.read().decode(errors="replace")
+            data = f.read()
     except FileNotFoundError:
-        return ""
+        return b""
     if tail is not None:
-        lines = text.splitlines(keepends=True)
-        text = "".join(lines[-tail:]) if tail else ""
-    return text
+        lines = data.splitlines(keepends=True)
+        data = b"".join(lines[-tail:]) if tail else b""
+    return data
 
 
 def _follow(app: App, job_id: str, attempt: int, path: str) -> None:
@@ -867,8 +881,18 @@ def _table(rows: list[list[Any]], headers: list[str], numbers: tuple[int, ...] =
 
 
 def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split()) if "\n" in text else text
+    text = _shown(" ".join(text.split()) if "\n" in text else text)
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _shown(text: str) -> str:
+    """Job text as it goes into a listing: control and format characters (ESC, BEL, C1, bidi
+    overrides) written as escapes, so a job's command or error cannot retitle, clear or recolour
+    the terminal of whoever lists it, nor disguise what it runs. Tabs and newlines stay."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in " \t\n" else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
 def _num(value: float) -> str:

@@ -247,6 +247,82 @@ def test_dlq_list_shows_full_ids_and_last_errors(data):
         ""])
 
 
+def test_job_text_reaches_the_terminal_with_its_control_characters_escaped(data):
+    """A command or error can hold ESC, BEL or a bidi override: shown raw, it could retitle,
+    clear or recolour the terminal of whoever lists it, or disguise what the job runs."""
+    command = "echo \x1b]0;pwned\x07 \x1b[2J \u202e"
+    ok(data, "enqueue", '{"id":"esc","command":' + json.dumps(command) + '}')  # the user's own: echoed as typed
+    shown = [ok(data, "list"), ok(data, "list", "--wide"), ok(data, "show", "esc")]
+    ok(data, "cancel", "esc")
+    shown.append(ok(data, "dlq", "list"))
+    for text in shown:
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text, text
+        assert "\\x1b]0;pwned\\x07" in text or "\\x1b]0;pwn..." in text or "\\x1b]0;p" in text, text
+    assert stored(data, "esc").command == command  # escaped on the way out only
+
+
+def test_logs_prints_the_bytes_the_command_wrote(data):
+    with manager_for(data) as mgr:
+        job = mgr.enqueue('{"id":"bin","command":"printf x"}')
+        mgr.claim("w1")
+        out, err = mgr.storage.output_paths(job.id, 1)
+        Path(out).write_bytes(b"caf\xe9\n\xff\x00end")
+        Path(err).write_bytes(b"oops \xfe\n")
+    result = CliRunner().invoke(cli, ["--storage-path", str(data), "logs", "bin"])
+    assert result.exit_code == 0 and result.stdout_bytes == b"caf\xe9\n\xff\x00end\n"
+    result = CliRunner().invoke(cli, ["--storage-path", str(data), "logs", "bin", "--stderr", "--tail", "1"])
+    assert result.stdout_bytes == b"oops \xfe\n"
+
+
+def test_enqueue_file_reads_past_a_byte_order_mark(data, tmp_path):
+    spec = tmp_path / "jobs.jsonl"
+    spec.write_bytes(b'\xef\xbb\xbf{"id":"bom","command":"echo viajson"}\necho two\n')
+    ok(data, "enqueue", "--file", str(spec))
+    assert stored(data, "bom").command == "echo viajson"
+
+
+def test_a_stored_setting_out_of_range_gives_way_to_its_default_until_set_again(data):
+    ok(data, "config", "set", "backoff_max", "60")
+    (data / "config.json").write_text('{"max_retries": 5000, "backoff_max": 60}')
+    p = subprocess.run(QUEUECTL + ["--storage-path", str(data), "config", "get", "max_retries"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and p.stdout == "3\n", (p.stdout, p.stderr)
+    assert p.stderr.splitlines() == ["Ignoring a stored setting (max_retries must be between 0 and 1000, "
+                                     "not 5000); its default applies"]
+    assert enqueued_id(CliRunner().invoke(cli, ["--storage-path", str(data), "enqueue", "true"]).stdout)
+    ok(data, "config", "set", "max_retries", "4")  # the user's value, not the broken one, decides
+    assert ok(data, "config", "get", "max_retries") == "4\n"
+    assert ok(data, "config", "get", "backoff_max") == "60\n"
+    saved = json.loads((data / "config.json").read_text())
+    assert (saved["max_retries"], saved["backoff_max"]) == (4, 60)
+
+
+def test_a_job_file_set_aside_leaves_the_counts_and_the_listing_right(data):
+    ok(data, "enqueue", '{"id":"good","command":"true"}')
+    ok(data, "enqueue", '{"id":"bad","command":"true"}')
+    [bad] = (data / "pending").glob("*_bad.json")
+    bad.write_text('{"id":"bad", trunc')
+    p = subprocess.run(QUEUECTL + ["--storage-path", str(data), "list"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "good" in p.stdout and "not shown" not in p.stdout, (p.stdout, p.stderr)
+    assert "Set aside" in p.stderr
+    status = json.loads(ok(data, "status", "--json"))
+    assert status["counts"]["pending"] == 1 and status["total"] == 1
+
+
+def test_ctrl_c_while_a_command_waits_exits_130(data):
+    """Ctrl+C while `enqueue --file -` reads its input: the shell's convention for an interrupt."""
+    import signal
+    import time
+    p = subprocess.Popen(QUEUECTL + ["--storage-path", str(data), "enqueue", "--file", "-"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # started and blocked on its input
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, (out, err)
+    assert err.split() == ["Error:", "interrupted"] and "Traceback" not in err
+    assert not (data / "pending").exists() or not any((data / "pending").iterdir())
+
+
 def test_dlq_list_when_empty(data):
     assert ok(data, "dlq", "list") == "DLQ is empty\n"
 
@@ -428,12 +504,23 @@ BAD_INPUT = [
     usage("config", "--key", "max_retries", "--value", "5", "get", "max_retries"),
     usage("--storage-path", "", "status"),
     usage("bogus"),
+    usage("enqueue", "echo hi", "--unique-key", b"k\xff"),
+    usage("enqueue", '{"command":"echo x","unique_key":"\\ud800"}'),
+    usage("cancel", "alpha-1", "../x"),  # a malformed id among good ones cancels nothing
+    usage("enqueue", '{"command":"echo a","command":"echo b"}'),
+    usage("enqueue", "echo hi", "--after", ""),
+    usage("enqueue", "echo hi", "--after", "alpha-1,,alpha-2"),
+    usage("enqueue", "echo hi", "--no-retry-on", "2,,3"),
     # runtime errors: the input is well formed but the store says no
     runtime("dlq", "retry", "nope"),
     runtime("dlq", "retry", "alpha"),
     runtime("dlq", "retry", "alpha-1"),
     runtime("enqueue", '{"id":"alpha-1","command":"x"}'),
     runtime("enqueue", '{"id":"dead-1","command":"x"}'),
+    runtime("cancel", "nope", "alpha-1"),  # an unknown id among good ones cancels nothing
+    runtime("logs", "alpha-1"),  # it has not run yet
+    runtime("logs", "alpha-1", "--follow"),
+    runtime("logs", "dead-1", "--attempt", "9"),
     runtime("--storage-path", PLAIN_FILE, "status"),
     runtime("--storage-path", PLAIN_FILE, "dlq", "retry", "dead-1"),
     runtime("--storage-path", PLAIN_FILE, "enqueue", "echo hi"),

@@ -154,7 +154,7 @@ def test_output_of_each_attempt_and_stream(client, manager, tmp_path):
     assert first_err == {"id": job.id, "attempt": 1, "stream": "stderr", "text": "to-stderr\n", "size": 10,
                          "truncated": False, "exists": True}
     assert client.get(f"/api/jobs/{job.id}/output?stream=both").status_code == 400
-    assert client.get(f"/api/jobs/{job.id}/output?attempt=3").status_code == 400
+    assert client.get(f"/api/jobs/{job.id}/output?attempt=3").status_code == 404
     assert client.get(f"/api/jobs/{job.id}/output?attempt=x").status_code == 400
 
 
@@ -171,7 +171,7 @@ def test_output_is_capped_to_its_tail(client, manager):
 def test_output_of_a_job_that_never_ran(client, manager):
     job = manager.enqueue("true")
     got = client.get(f"/api/jobs/{job.id}/output")
-    assert got.status_code == 400  # attempt 0 does not exist yet
+    assert got.status_code == 404 and "has not run yet" in got.get_json()["error"]
     assert "The job has not run yet" in client.get(f"/jobs/{job.id}").get_data(as_text=True)
 
 

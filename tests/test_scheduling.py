@@ -179,6 +179,30 @@ def test_enqueue_after_a_completed_job_runs_at_once_and_after_a_dead_one_dies(ma
     assert manager.enqueue("true", after=[bad.id]).state is JobState.DEAD
 
 
+def test_a_job_enqueued_behind_a_dead_dependency_comes_back_with_its_retry(manager):
+    """Enqueued after its dependency died, it goes to the DLQ at once; the dependency's retry
+    must bring it back as it does for a job that was waiting when the dependency died."""
+    dep = manager.enqueue('{"id":"dep","command":"true"}')
+    manager.cancel(dep.id)
+    child = manager.enqueue('{"id":"child","command":"true"}', after=["dep"])
+    assert child.state is JobState.DEAD and child.last_error == "Dependency dep failed"
+    assert manager.metrics()["totals"]["dead_total"] == 2  # both went to the DLQ
+    manager.retry_dead("dep")
+    back = manager.storage.get("child")
+    assert back.state is JobState.PENDING and back.blocked
+
+
+def test_retrying_a_job_whose_dependency_is_still_dead_is_refused(manager):
+    dep = manager.enqueue('{"id":"dep","command":"true"}')
+    manager.cancel(dep.id)
+    manager.enqueue('{"id":"child","command":"true"}', after=["dep"])
+    with pytest.raises(InvalidStateError, match="waits for job dep, which is in the DLQ"):
+        manager.retry_dead("child")
+    assert manager.storage.get("child").state is JobState.DEAD
+    assert {j.id for j in manager.retry_all_dead()} == {"dep"}  # which brings the child back
+    assert manager.storage.get("child").state is JobState.PENDING
+
+
 @pytest.mark.slow
 def test_a_chain_of_50_runs_in_order_on_4_workers(proc, tmp_path):
     marker = tmp_path / "marker"
@@ -203,6 +227,25 @@ def test_a_unique_key_adds_nothing_while_the_job_is_live(manager, worker):
     drain(worker)
     third, existing3 = manager.submit("true", unique_key="nightly")
     assert not existing3 and third.id != first.id  # the first one completed: the key is free
+
+
+def test_a_retry_from_the_dlq_keeps_the_unique_key_rule(manager):
+    first, _ = manager.submit('{"id":"A","command":"true"}', unique_key="K")
+    manager.cancel(first.id)
+    second, existing = manager.submit('{"id":"B","command":"true"}', unique_key="K")
+    assert not existing
+    with pytest.raises(InvalidStateError, match="job B holds unique key 'K'"):
+        manager.retry_dead("A")
+    assert manager.storage.get("A").state is JobState.DEAD
+    manager.cancel("B")
+    assert manager.retry_dead("A").state is JobState.PENDING  # the key is free again: A takes it
+    again, existing = manager.submit('{"id":"C","command":"true"}', unique_key="K")
+    assert existing and again.id == "A"
+
+
+def test_a_job_cancelled_while_waiting_counts_as_moved_to_the_dlq(manager):
+    manager.cancel(manager.enqueue("true").id)
+    assert manager.metrics()["totals"]["dead_total"] == 1
 
 
 def test_concurrent_enqueues_with_one_unique_key_add_one_job(proc):

@@ -27,7 +27,7 @@ class ConfigError(ValidationError):
 
 
 class JobNotFoundError(QueuectlError):
-    """No job matches the id or prefix given, or several do."""
+    """No job matches the id or prefix given, or several do; or the job has no such attempt."""
 
 
 class DuplicateJobError(QueuectlError):

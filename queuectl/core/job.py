@@ -387,6 +387,10 @@ def validate_after(value: Any) -> list[str]:
 def validate_unique_key(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_UNIQUE_KEY or "\x00" in value:
         raise ValidationError(f"unique_key must be a non-empty string of at most {MAX_UNIQUE_KEY} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("unique_key is not valid UTF-8") from None
     return value
 
 
@@ -409,8 +413,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: `{"command":"a","command":"b"}` is a mistake
+    that json would settle silently in favour of the last."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key '{twice}'")
+    return data
+
+
 # One decoder for every spec: json.loads with an option builds a new one each call.
-_DECODE_SPEC = json.JSONDecoder(parse_constant=_reject_constant).decode
+_DECODE_SPEC = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys).decode
 
 
 def is_spec(text: str) -> bool:

@@ -62,6 +62,8 @@ def quantile(hist: dict[str, Any], q: float) -> float | None:
 def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
     """Folds one state change into the aggregates."""
     if old.state is not PROCESSING:
+        if new.state is DEAD and old.state is not DEAD:  # cancelled while waiting, or its dependency died
+            agg["dead_total"] += 1
         return
     state = new.state
     if state is PROCESSING:

@@ -74,6 +74,8 @@ class QueueManager:
         if self._config is None:
             # the backend's display name: never a password, whatever the user typed
             self._config = Config(self.storage.load_config(), self.storage.display)
+            for problem in self._config.ignored:
+                log.warning("Ignoring a stored setting (%s); its default applies", problem)
         return self._config
 
     def set_config(self, key: str, raw: Any) -> tuple[str, Any]:
@@ -153,20 +155,17 @@ class QueueManager:
                 return None
 
     def _add_with_dependencies(self, job: Job) -> None:
-        deps = {ref: self.storage.get(ref) for ref in job.after}
-        failed = [ref for ref, dep in deps.items() if dep is not None and dep.state is DEAD]
-        if failed:
-            job.state, job.last_error = DEAD, f"Dependency {failed[0]} failed"
-            self.storage.add(job)
-            return
-        if all(dep is not None and dep.state is COMPLETED for dep in deps.values()):
+        deps = [self.storage.get(ref) for ref in job.after]
+        if all(dep is not None and dep.state is COMPLETED for dep in deps):
             self.storage.add(job)
             return
         job.due_at = BLOCKED
-        for ref in job.after:  # recorded first, so a dependency finishing meanwhile still sees us
+        # Recorded first, so a dependency finishing meanwhile still sees us; recorded for a dead
+        # dependency too, so that its retry from the DLQ brings this job back.
+        for ref in job.after:
             self.storage.add_dependant(ref, job.id)
         self.storage.add(job)
-        self._settle(job.id)  # a dependency may have finished while we were adding
+        self._settle(job.id)  # a dependency may have finished (or died) while we were adding
 
     def enqueue_many(self, texts: Iterable[str]) -> list[Job]:
         """All or nothing: every spec is checked before the first is stored; blank lines are skipped."""
@@ -236,9 +235,11 @@ class QueueManager:
 
     def output(self, job: Job, attempt: int | None = None) -> tuple[int, str, str]:
         """(attempt, stdout path, stderr path) of an attempt, the latest by default."""
+        if not job.attempts:
+            raise JobNotFoundError(f"job {job.id} has not run yet (it is {job.state.value})")
         attempt = attempt or job.attempts
-        if attempt < 1 or attempt > max(job.attempts, 1):
-            raise ValidationError(f"job {job.id} has no attempt {attempt} (it has {job.attempts})")
+        if attempt < 1 or attempt > job.attempts:
+            raise JobNotFoundError(f"job {job.id} has no attempt {attempt} (it has {job.attempts})")
         out, err = self.storage.output_paths(job.id, attempt)
         return attempt, out, err
 
@@ -416,6 +417,14 @@ class QueueManager:
         job = ref if isinstance(ref, Job) else self._resolve_settled(ref)
         if job.state is not DEAD:
             raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
+        dead = next((ref for ref in job.after if (d := self.storage.get(ref)) is not None and d.state is DEAD), None)
+        if dead is not None:  # it would only die again: its dependency's retry brings it back
+            raise InvalidStateError(f"job {job.id} waits for job {dead}, which is in the DLQ: retry {dead}")
+        if job.unique_key:
+            holder = self._reserve_unique(job)
+            if holder is not None and holder.id != job.id:
+                raise InvalidStateError(f"job {holder.id} holds unique key '{job.unique_key}' "
+                                        f"({holder.state.value}): not retrying {job.id}")
         new = job.evolve(state=PENDING, attempts=0, due_at=time.time(), worker_id=None)
         if job.after:
             new.due_at = BLOCKED

@@ -543,7 +543,7 @@ class JsonStorage(Storage):
         end = max(0, len(entries) - offset)
         window = entries[max(0, end - limit):end]
         jobs = [j for _, _, st, name in window if (j := self._read(self._p(st.value, name), st, missing_ok=True))]
-        return len(entries), jobs
+        return len(entries) - (len(window) - len(jobs)), jobs  # set aside or moved on meanwhile
 
     def _stale_copy(self, job: Job) -> bool:
         """A file in processing/ whose result is already committed: a worker was killed between
@@ -1486,7 +1486,8 @@ class JsonStorage(Storage):
                 if missing_ok:
                     return None
                 raise ConflictError(f"{os.path.basename(path)} vanished") from None
-            self._quarantine(path, f"unreadable job file ({e})")
+            if self._quarantine(path, f"unreadable job file ({e})"):
+                self._count({state: -1})  # it was counted in its folder, and is no longer there
             return None
         name = path.rpartition(os.sep)[2]
         if job.id != _id_of(name, state) and _moved(path, inode):
@@ -1529,18 +1530,20 @@ class JsonStorage(Storage):
         from filelock import FileLock
         return FileLock(self._p(f".{name}.lock"), mode=fs.FILE_MODE, thread_local=False, poll_interval=0.001)
 
-    def _quarantine(self, path: str, why: str) -> None:
-        """Moves an unreadable file aside, once, and says so in the log."""
+    def _quarantine(self, path: str, why: str) -> bool:
+        """Moves an unreadable file aside, once, and says so in the log; True if this call moved it."""
         if path in self._warned:
-            return
+            return False
         self._warned.add(path)
         dest = self._p("quarantine", f"{int(time.time())}_{uuid.uuid4().hex[:8]}_{os.path.basename(path)}")
         try:
             fs.make_private_dir(self._p("quarantine"))
             os.rename(path, dest)  # a unique name: nothing set aside is ever overwritten
             log.warning("Set aside %s: %s (moved to %s)", path, why, dest)
+            return True
         except OSError:
             log.warning("Cannot read %s: %s", path, why)
+            return False
 
 
 def _spare_name(owner: str, tag: str) -> str:

@@ -149,9 +149,15 @@ class Config:
 
     def __init__(self, stored: dict[str, Any] | None = None, storage_path: str = DEFAULT_STORAGE_PATH):
         self.values: dict[str, Any] = {k: copy.copy(s.default) for k, s in SETTINGS.items()}
+        # Stored values that no longer pass (edited by hand, say): the default applies, and the
+        # next `config set` writes the file without them. Refusing them would lock the user out.
+        self.ignored: list[str] = []
         for key, raw in (stored or {}).items():
             if key in SETTINGS and key not in READ_ONLY:
-                self.values[key] = parse_value(key, raw)
+                try:
+                    self.values[key] = parse_value(key, raw)
+                except ConfigError as e:
+                    self.ignored.append(str(e) if str(e).startswith(key) else f"{key}: {e}")
         self.values["storage_path"] = storage_path
         # Read as attributes too: a lookup that misses and falls back to __getattr__ costs an
         # AttributeError raised and caught, and a worker reads four settings a job.
