@@ -52,7 +52,7 @@ class QueuectlGroup(click.Group):
         except click.exceptions.Abort as e:
             # Click turns Ctrl+C at a prompt or in a command into Abort: the shell's 130 still
             # tells a script that the user interrupted, rather than that something failed.
-            if isinstance(e.__cause__, KeyboardInterrupt):
+            if isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
                 _fail("interrupted", 130)
             _fail("aborted", EXIT_RUNTIME)
         except QueuectlError as e:
@@ -69,7 +69,7 @@ class QueuectlGroup(click.Group):
 
 
 def _fail(message: str, code: int) -> None:
-    message = " ".join(str(message).split())  # one line, whatever the cause
+    message = _shown(" ".join(str(message).split()))  # one line, whatever the cause; job text escaped
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
 
@@ -144,10 +144,13 @@ def cli(ctx: click.Context, storage_path: str) -> None:
     ctx.call_on_close(app.close)
 
 
-def _csv(value: str | None, kind: type = str, hint: str = "") -> list[Any] | None:
-    """'a,b' -> ['a', 'b'] for list-valued options; None when the option was not given."""
+def _csv(value: str | None, kind: type = str, hint: str = "", empty_ok: bool = False) -> list[Any] | None:
+    """'a,b' -> ['a', 'b'] for list-valued options; None when the option was not given; [] for ''
+    where `empty_ok` (`--no-retry-on ''`: this job retries whatever the configured list says)."""
     if value is None:
         return None
+    if empty_ok and not value.strip():
+        return []
     parts = [p.strip() for p in value.split(",")]
     if not all(parts):  # `--after ''` or `2,,3`: a slip, not "nothing"
         raise click.BadParameter(f"'{value}' has an empty item", param_hint=hint or None)
@@ -186,7 +189,7 @@ def enqueue(app: App, command: str | None, spec_file: Any, wait: bool, as_json: 
       queuectl enqueue --file jobs.jsonl      # all or nothing
       queuectl enqueue "make test" --wait     # exit code of the job
     """
-    options["no_retry_on"] = _csv(options["no_retry_on"], int, "--no-retry-on")
+    options["no_retry_on"] = _csv(options["no_retry_on"], int, "--no-retry-on", empty_ok=True)
     options["after"] = _csv(options["after"], hint="--after")
     if spec_file is not None:
         if command is not None or wait or any(v is not None for v in options.values()):
@@ -891,8 +894,16 @@ def _shown(text: str) -> str:
     the terminal of whoever lists it, nor disguise what it runs. Tabs and newlines stay."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or c in " \t\n" else
-                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
+    return "".join(_ESCAPES.get(c) or (c if c.isprintable() or c in " \t\n" else _escape(c)) for c in text)
+
+
+# Escaped text writes a backslash as two, so `\x1b` typed in a command stays apart from ESC.
+_ESCAPES = {"\\": "\\\\"}
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def _num(value: float) -> str:

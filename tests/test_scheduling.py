@@ -12,7 +12,7 @@ from datetime import datetime
 
 import pytest
 
-from queuectl.core.errors import InvalidStateError, ValidationError
+from queuectl.core.errors import InvalidStateError, JobNotFoundError, ValidationError
 from queuectl.core.job import JobState
 from queuectl.core.queue import Outcome
 from queuectl.core.worker import Worker
@@ -201,6 +201,43 @@ def test_retrying_a_job_whose_dependency_is_still_dead_is_refused(manager):
     assert manager.storage.get("child").state is JobState.DEAD
     assert {j.id for j in manager.retry_all_dead()} == {"dep"}  # which brings the child back
     assert manager.storage.get("child").state is JobState.PENDING
+
+
+def test_a_job_waiting_for_two_dead_dependencies_comes_back_when_neither_is_dead(manager):
+    for dep in ("A", "B"):
+        manager.cancel(manager.enqueue(json.dumps({"id": dep, "command": "true"})).id)
+    child = manager.enqueue('{"id":"C","command":"true"}', after=["A", "B"])
+    assert child.state is JobState.DEAD
+    assert manager.metrics()["totals"]["dead_total"] == 3
+    manager.retry_dead("A")  # B is still dead: C stays, and does not die again
+    assert manager.storage.get("C").state is JobState.DEAD
+    manager.retry_dead("B")
+    assert manager.storage.get("C").state is JobState.PENDING
+    assert manager.metrics()["totals"]["dead_total"] == 3
+
+
+def test_a_revived_dependant_keeps_the_unique_key_rule(manager):
+    manager.cancel(manager.enqueue('{"id":"A","command":"true"}').id)
+    held, _ = manager.submit('{"id":"X","command":"true"}', after=["A"], unique_key="K")
+    assert held.state is JobState.DEAD
+    taker, existing = manager.submit('{"id":"Y","command":"true"}', unique_key="K")
+    assert not existing
+    manager.retry_dead("A")
+    assert manager.storage.get("X").state is JobState.DEAD  # Y holds K: X stays in the DLQ
+    assert manager.storage.get("Y").state is JobState.PENDING
+
+
+def test_the_output_of_attempts_made_before_a_retry_stays_readable(manager, worker):
+    never = manager.enqueue("true", delay=3600)
+    with pytest.raises(JobNotFoundError, match="has not run yet"):
+        manager.output(never)
+    job = manager.enqueue("exit 1", max_retries=0)
+    drain(worker)
+    retried = manager.retry_dead(job.id)
+    assert retried.attempts == 0
+    assert manager.output(retried)[0] == 1 and manager.output(retried, 1)[0] == 1
+    with pytest.raises(JobNotFoundError, match="has no attempt 2"):
+        manager.output(retried, 2)
 
 
 @pytest.mark.slow

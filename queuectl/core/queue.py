@@ -235,11 +235,14 @@ class QueueManager:
 
     def output(self, job: Job, attempt: int | None = None) -> tuple[int, str, str]:
         """(attempt, stdout path, stderr path) of an attempt, the latest by default."""
-        if not job.attempts:
+        # A retry from the DLQ or a forced stop sets `attempts` back; the attempts made before
+        # are still in the history, with their output.
+        made = max([job.attempts] + [h.get("attempt") or 0 for h in job.history if isinstance(h, dict)])
+        if not made:
             raise JobNotFoundError(f"job {job.id} has not run yet (it is {job.state.value})")
-        attempt = attempt or job.attempts
-        if attempt < 1 or attempt > job.attempts:
-            raise JobNotFoundError(f"job {job.id} has no attempt {attempt} (it has {job.attempts})")
+        attempt = attempt or job.attempts or made
+        if attempt < 1 or attempt > made:
+            raise JobNotFoundError(f"job {job.id} has no attempt {attempt} (it has made {made})")
         out, err = self.storage.output_paths(job.id, attempt)
         return attempt, out, err
 
@@ -340,16 +343,27 @@ class QueueManager:
                 continue
 
     def _revive_dependants(self, job_id: str) -> None:
-        """A dependency left the DLQ: jobs that died because of it wait for it again."""
+        """A dependency left the DLQ: jobs that died because a dependency did wait again, once
+        none of their dependencies is left in the DLQ (else they would only die again) and no
+        other live job has taken their unique key meanwhile."""
         for ref in self.storage.dependants(job_id):
             job = self.storage.get(ref)
-            if job is not None and job.state is DEAD and job.last_error == f"Dependency {job_id} failed":
-                try:
-                    self.storage.update(job, job.evolve(state=PENDING, due_at=BLOCKED, last_error=None))
-                except ConflictError:
+            if job is None or job.state is not DEAD or \
+                    job.last_error not in {f"Dependency {dep} failed" for dep in job.after}:
+                continue
+            if any((d := self.storage.get(dep)) is not None and d.state is DEAD for dep in job.after):
+                continue
+            if job.unique_key:
+                holder = self._reserve_unique(job)
+                if holder is not None and holder.id != job.id:
+                    log.warning("Job %s stays in the DLQ: job %s holds its unique key", job.id, holder.id)
                     continue
-                self._revive_dependants(job.id)
-                self._settle(job.id)
+            try:
+                self.storage.update(job, job.evolve(state=PENDING, due_at=BLOCKED, last_error=None))
+            except ConflictError:
+                continue
+            self._revive_dependants(job.id)
+            self._settle(job.id)
 
     def release(self, job: Job, reason: str) -> Job:
         """Puts an interrupted job back as pending; the cut-short attempt does not count."""
@@ -418,8 +432,8 @@ class QueueManager:
         if job.state is not DEAD:
             raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
         dead = next((ref for ref in job.after if (d := self.storage.get(ref)) is not None and d.state is DEAD), None)
-        if dead is not None:  # it would only die again: its dependency's retry brings it back
-            raise InvalidStateError(f"job {job.id} waits for job {dead}, which is in the DLQ: retry {dead}")
+        if dead is not None:  # it would only die again; the retry of its last dead dependency brings it back
+            raise InvalidStateError(f"job {job.id} waits for job {dead}, which is in the DLQ: retry {dead} first")
         if job.unique_key:
             holder = self._reserve_unique(job)
             if holder is not None and holder.id != job.id:

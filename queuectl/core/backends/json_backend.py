@@ -1486,8 +1486,10 @@ class JsonStorage(Storage):
                 if missing_ok:
                     return None
                 raise ConflictError(f"{os.path.basename(path)} vanished") from None
-            if self._quarantine(path, f"unreadable job file ({e})"):
-                self._count({state: -1})  # it was counted in its folder, and is no longer there
+            name = path.rpartition(os.sep)[2]
+            # A job's file was counted in its folder; a stray file (`notes.txt`) never was.
+            if self._quarantine(path, f"unreadable job file ({e})") and _id_of(name, state) is not None:
+                self._count({state: -1})
             return None
         name = path.rpartition(os.sep)[2]
         if job.id != _id_of(name, state) and _moved(path, inode):

@@ -150,7 +150,7 @@ class Config:
     def __init__(self, stored: dict[str, Any] | None = None, storage_path: str = DEFAULT_STORAGE_PATH):
         self.values: dict[str, Any] = {k: copy.copy(s.default) for k, s in SETTINGS.items()}
         # Stored values that no longer pass (edited by hand, say): the default applies, and the
-        # next `config set` writes the file without them. Refusing them would lock the user out.
+        # next `config set` writes it in their place. Refusing them would lock the user out.
         self.ignored: list[str] = []
         for key, raw in (stored or {}).items():
             if key in SETTINGS and key not in READ_ONLY:
