@@ -154,6 +154,14 @@ class QueueManager:
             if self.storage.reserve_unique(job.unique_key, f"{job.id}@{time.time():.3f}", raw):
                 return None
 
+    def _other_holder(self, job: Job) -> Job | None:
+        """A job leaving the DLQ takes its unique key back: None once it holds it, or the other
+        live job that holds it meanwhile."""
+        if not job.unique_key:
+            return None
+        holder = self._reserve_unique(job)
+        return holder if holder is not None and holder.id != job.id else None
+
     def _add_with_dependencies(self, job: Job) -> None:
         deps = [self.storage.get(ref) for ref in job.after]
         if all(dep is not None and dep.state is COMPLETED for dep in deps):
@@ -353,11 +361,10 @@ class QueueManager:
                 continue
             if any((d := self.storage.get(dep)) is not None and d.state is DEAD for dep in job.after):
                 continue
-            if job.unique_key:
-                holder = self._reserve_unique(job)
-                if holder is not None and holder.id != job.id:
-                    log.warning("Job %s stays in the DLQ: job %s holds its unique key", job.id, holder.id)
-                    continue
+            holder = self._other_holder(job)
+            if holder is not None:
+                log.warning("Job %s stays in the DLQ: job %s holds its unique key", job.id, holder.id)
+                continue
             try:
                 self.storage.update(job, job.evolve(state=PENDING, due_at=BLOCKED, last_error=None))
             except ConflictError:
@@ -434,11 +441,10 @@ class QueueManager:
         dead = next((ref for ref in job.after if (d := self.storage.get(ref)) is not None and d.state is DEAD), None)
         if dead is not None:  # it would only die again; the retry of its last dead dependency brings it back
             raise InvalidStateError(f"job {job.id} waits for job {dead}, which is in the DLQ: retry {dead} first")
-        if job.unique_key:
-            holder = self._reserve_unique(job)
-            if holder is not None and holder.id != job.id:
-                raise InvalidStateError(f"job {holder.id} holds unique key '{job.unique_key}' "
-                                        f"({holder.state.value}): not retrying {job.id}")
+        holder = self._other_holder(job)
+        if holder is not None:
+            raise InvalidStateError(f"job {holder.id} holds unique key '{job.unique_key}' "
+                                    f"({holder.state.value}): not retrying {job.id}")
         new = job.evolve(state=PENDING, attempts=0, due_at=time.time(), worker_id=None)
         if job.after:
             new.due_at = BLOCKED
