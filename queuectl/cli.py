@@ -211,7 +211,7 @@ def enqueue(app: App, command: str | None, spec_file: Any, wait: bool, as_json: 
         click.echo(f"Job already queued\n   ID: {job.id}\n   State: {job.state.value}", err=wait)
     else:
         click.echo(f"Job enqueued successfully!\n   ID: {job.id}\n   Command: {job.command}", err=wait)
-        if job.state is JobState.DEAD:  # a dependency is in the DLQ: its retry brings this job back
+        if job.state is JobState.DEAD:  # a dependency is in the DLQ: the job comes back once none is
             click.echo(f"   State: dead ({job.last_error}); it waits for that job's retry", err=wait)
     if wait:
         _wait_and_exit(app, job.id)
@@ -646,7 +646,7 @@ def logs(app: App, job_id: str, attempt: int | None, stream: str | None, follow:
             click.echo(f"==> {label} (attempt {number}) <==")
         data = _read_output(path, tail)
         sys.stdout.flush()
-        # the bytes the command wrote, as `cat` would show them: not decoded, nothing replaced
+        # the bytes the command wrote: not decoded, nothing replaced (a final newline added)
         sys.stdout.buffer.write(data + b"\n" if data and not data.endswith(b"\n") else data)
         sys.stdout.buffer.flush()
 

@@ -162,6 +162,10 @@ class QueueManager:
         holder = self._reserve_unique(job)
         return holder if holder is not None and holder.id != job.id else None
 
+    def _dead_dependency(self, job: Job) -> str | None:
+        """The first of the job's dependencies that is in the DLQ, if any."""
+        return next((ref for ref in job.after if (d := self.storage.get(ref)) is not None and d.state is DEAD), None)
+
     def _add_with_dependencies(self, job: Job) -> None:
         deps = [self.storage.get(ref) for ref in job.after]
         if all(dep is not None and dep.state is COMPLETED for dep in deps):
@@ -359,7 +363,7 @@ class QueueManager:
             if job is None or job.state is not DEAD or \
                     job.last_error not in {f"Dependency {dep} failed" for dep in job.after}:
                 continue
-            if any((d := self.storage.get(dep)) is not None and d.state is DEAD for dep in job.after):
+            if self._dead_dependency(job) is not None:
                 continue
             holder = self._other_holder(job)
             if holder is not None:
@@ -438,7 +442,7 @@ class QueueManager:
         job = ref if isinstance(ref, Job) else self._resolve_settled(ref)
         if job.state is not DEAD:
             raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
-        dead = next((ref for ref in job.after if (d := self.storage.get(ref)) is not None and d.state is DEAD), None)
+        dead = self._dead_dependency(job)
         if dead is not None:  # it would only die again; the retry of its last dead dependency brings it back
             raise InvalidStateError(f"job {job.id} waits for job {dead}, which is in the DLQ: retry {dead} first")
         holder = self._other_holder(job)
