@@ -533,6 +533,9 @@ BAD_INPUT = [
     usage("enqueue", "echo hi", "--after", ""),
     usage("enqueue", "echo hi", "--after", "alpha-1,,alpha-2"),
     usage("enqueue", "echo hi", "--no-retry-on", "2,,3"),
+    usage("enqueue", "echo hi", "--no-retry-on", "0"),  # success: a job never fails with it
+    usage("enqueue", '{"command":"echo hi","no_retry_on":[0,2]}'),
+    usage("config", "set", "no_retry_on", "0,2"),
     # runtime errors: the input is well formed but the store says no
     runtime("dlq", "retry", "nope"),
     runtime("dlq", "retry", "alpha"),

@@ -371,8 +371,9 @@ def validate_timeout(value: Any) -> int:
 
 def validate_exit_codes(value: Any) -> list[int]:
     if not isinstance(value, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
-        raise ValidationError("no_retry_on must be a list of exit codes (0-255)")
+            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 255 for c in value):
+        # 0 is success: a job never fails with it, so listing it is a slip, not a rule
+        raise ValidationError("no_retry_on must be a list of failing exit codes (1-255)")
     return sorted(set(value))
 
 

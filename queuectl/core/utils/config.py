@@ -49,7 +49,7 @@ SETTINGS: dict[str, Setting] = {
         # Idle workers look for due jobs this often when nothing wakes them earlier.
         Setting("poll_interval", 0.2, float, 0.01, 60, "seconds between looks for work when idle"),
         # Exit codes that mean "retrying will not help" (e.g. 2 for a usage error); none by default.
-        Setting("no_retry_on", [], list, 0, 255, "exit codes that go straight to the DLQ, e.g. 2,64"),
+        Setting("no_retry_on", [], list, 1, 255, "exit codes that go straight to the DLQ, e.g. 2,64"),
         # 1 MiB per stream per attempt keeps every log useful and a runaway job's output bounded.
         Setting("log_max_bytes", 1048576, int, 0, 1 << 30,
                 "bytes of stdout and of stderr kept per attempt (the tail; 0 = no cap)"),
@@ -119,8 +119,9 @@ def _exit_codes(key: str, raw: Any) -> list[int]:
     items = raw if isinstance(raw, list) else [p for p in str(raw).replace(" ", "").split(",") if p]
     codes = []
     for item in items:
-        if isinstance(item, bool) or not (isinstance(item, int) or str(item).isdigit()) or not 0 <= int(item) <= 255:
-            raise ConfigError(f"{key} must be a comma-separated list of exit codes 0-255, not '{raw}'")
+        if isinstance(item, bool) or not (isinstance(item, int) or str(item).isdigit()) or not 1 <= int(item) <= 255:
+            # 0 is success: a job never fails with it
+            raise ConfigError(f"{key} must be a comma-separated list of failing exit codes 1-255, not '{raw}'")
         codes.append(int(item))
     return sorted(set(codes))
 
