@@ -281,6 +281,16 @@ def test_enqueue_file_reads_past_a_byte_order_mark(data, tmp_path):
     assert stored(data, "bom").command == "echo viajson"
 
 
+def test_enqueue_file_names_the_line_of_an_id_already_stored(data, tmp_path):
+    ok(data, "enqueue", '{"id":"taken","command":"true"}')
+    spec = tmp_path / "jobs.jsonl"
+    spec.write_text('{"id":"a","command":"true"}\n\n{"id":"taken","command":"echo again"}\n')
+    result = CliRunner().invoke(cli, ["--storage-path", str(data), "enqueue", "--file", str(spec)])
+    assert result.exit_code == 1 and result.stdout == "", (result.stdout, result.stderr)
+    assert result.stderr == "Error: line 3: a job with id 'taken' already exists\n"
+    assert json.loads(ok(data, "status", "--json"))["counts"]["pending"] == 1
+
+
 def test_a_stored_setting_out_of_range_gives_way_to_its_default_until_set_again(data):
     ok(data, "config", "set", "backoff_max", "60")
     (data / "config.json").write_text('{"max_retries": 5000, "backoff_max": 60}')

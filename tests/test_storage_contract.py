@@ -34,9 +34,18 @@ def test_add_then_get_returns_an_equal_job(storage):
 
 def test_duplicate_ids_are_refused(storage):
     storage.add(make(job_id="same"))
-    with pytest.raises(DuplicateJobError):
+    with pytest.raises(DuplicateJobError) as refused:
         storage.add(make(job_id="same"))
+    assert refused.value.job_id == "same"
     assert storage.counts()[JobState.PENDING] == 1
+
+
+def test_a_batch_with_a_stored_id_is_refused_whole_and_names_that_id(storage):
+    storage.add(make(job_id="same"))
+    with pytest.raises(DuplicateJobError) as refused:
+        storage.add_many([make(job_id="new-1"), make(job_id="same"), make(job_id="new-2")])
+    assert refused.value.job_id == "same"
+    assert storage.get("new-1") is None and storage.counts()[JobState.PENDING] == 1
 
 
 def test_match_ids_by_prefix(storage):

@@ -33,6 +33,10 @@ class JobNotFoundError(QueuectlError):
 class DuplicateJobError(QueuectlError):
     """A job with this id already exists."""
 
+    def __init__(self, message: str, job_id: str | None = None):
+        super().__init__(message)
+        self.job_id = job_id  # which one, for a caller that adds many (`enqueue --file` names its line)
+
 
 class InvalidStateError(QueuectlError):
     """The job is not in a state that allows the requested action."""

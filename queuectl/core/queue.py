@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from . import metrics
-from .errors import ConflictError, InvalidStateError, JobNotFoundError, ValidationError
+from .errors import ConflictError, DuplicateJobError, InvalidStateError, JobNotFoundError, ValidationError
 from .job import (
     BLOCKED,
     COMPLETED,
@@ -182,7 +182,7 @@ class QueueManager:
     def enqueue_many(self, texts: Iterable[str]) -> list[Job]:
         """All or nothing: every spec is checked before the first is stored; blank lines are skipped."""
         jobs = []
-        seen: set[str] = set()
+        seen: dict[str, int] = {}  # id -> its line
         for n, text in enumerate(texts, 1):
             if not text.strip():
                 continue
@@ -194,9 +194,14 @@ class QueueManager:
                 raise ValidationError(f"line {n}: {e}") from None
             if job.id in seen:
                 raise ValidationError(f"line {n}: duplicate id '{job.id}'")
-            seen.add(job.id)
+            seen[job.id] = n
             jobs.append(job)
-        self.storage.add_many(jobs)
+        try:
+            self.storage.add_many(jobs)
+        except DuplicateJobError as e:  # an id already stored: name its line, as for a bad one
+            if e.job_id not in seen:
+                raise
+            raise DuplicateJobError(f"line {seen[e.job_id]}: {e}", e.job_id) from None
         self.storage.notify_work(len(jobs))
         return jobs
 

@@ -459,7 +459,7 @@ class JsonStorage(Storage):
                 with fs.Mutex(self._p(".ids.lock")):
                     if self._marker_held(marker, job.id, staged) or self.get(job.id) is not None or \
                             self._staged(job.id) or self._held_by_live_batch(marker):
-                        raise DuplicateJobError(f"a job with id '{job.id}' already exists") from None
+                        raise DuplicateJobError(f"a job with id '{job.id}' already exists", job.id) from None
                     # left by an enqueue that died before its job landed: ours now (the temp file in
                     # tmp/, which the sweep reads; ids/ may hold a million names)
                     fs.write_file(marker, content, durable=False, temp_dir=self._p("tmp"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .. import metrics
 from ..errors import ConflictError, DuplicateJobError
@@ -51,9 +51,21 @@ class MemoryStorage(Storage):
     def add(self, job: Job) -> None:
         with self._lock:
             if job.id in self._jobs:
-                raise DuplicateJobError(f"a job with id '{job.id}' already exists")
+                raise DuplicateJobError(f"a job with id '{job.id}' already exists", job.id)
             self._jobs[job.id] = copy.deepcopy(job)
         self.notify_work()
+
+    def add_many(self, jobs: Iterable[Job]) -> None:
+        """All or nothing, as every backend's."""
+        jobs = list(jobs)
+        with self._lock:
+            seen: set[str] = set()
+            for job in jobs:
+                if job.id in self._jobs or job.id in seen:
+                    raise DuplicateJobError(f"a job with id '{job.id}' already exists", job.id)
+                seen.add(job.id)
+            self._jobs.update((job.id, copy.deepcopy(job)) for job in jobs)
+        self.notify_work(len(jobs))
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:

@@ -624,7 +624,7 @@ class RedisStorage(Storage):
             return
         result = self._call(lambda _r: self._scripts["add"](args=args))
         if result[0] == "dup":
-            raise DuplicateJobError(f"a job with id '{result[1]}' already exists")
+            raise DuplicateJobError(f"a job with id '{result[1]}' already exists", result[1])
 
     def get(self, job_id: str) -> Job | None:
         row = self._call(lambda _r: self._r.hmget(self._key("job", job_id), "state", "owner", "data"))
