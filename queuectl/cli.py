@@ -785,8 +785,12 @@ def dlq_retry(app: App, job_id: str | None, retry_all: bool) -> None:
     if retry_all == (job_id is not None):
         raise click.UsageError("give one job ID or --all")
     if retry_all:
-        jobs = app.manager.retry_all_dead()
-        click.echo(f"Moved {len(jobs)} job(s) from DLQ to pending queue")
+        done = app.manager.retry_all_dead()
+        click.echo(f"Moved {len(done.retried)} job(s) from DLQ to pending queue")
+        if done.left:
+            click.echo(f"Left {len(done.left)} job(s) in the DLQ:")
+            for _job_id, reason in done.left:
+                click.echo(f"  {_shown(reason)}")
         return
     job = app.manager.retry_dead(job_id)
     click.echo(f"Job {job.id} moved from DLQ to pending queue")

@@ -235,11 +235,20 @@ def test_retry_all_and_purge_all(client, manager):
     run_all(manager)
     token = csrf_of(client)
     got = post(client, "/api/dlq/retry-all", token).get_json()
-    assert got["retried"] == 3 and sorted(got["ids"]) == sorted(ids)
+    assert got["retried"] == 3 and sorted(got["ids"]) == sorted(ids) and got["left"] == []
     assert manager.counts()[JobState.PENDING] == 3
     run_all(manager)
     assert post(client, "/api/dlq/purge", token).get_json() == {"purged": 3}
     assert manager.counts()[JobState.DEAD] == 0 and manager.storage.get(ids[0]) is None
+
+
+def test_retry_all_names_the_jobs_it_left(client, manager):
+    first, _ = manager.submit('{"id":"A","command":"true"}', unique_key="K")
+    manager.cancel(first.id)
+    manager.submit('{"id":"B","command":"true"}', unique_key="K")
+    got = post(client, "/api/dlq/retry-all", csrf_of(client)).get_json()
+    assert got["retried"] == 0
+    assert got["left"] == [{"id": "A", "reason": "job B holds unique key 'K' (pending): not retrying A"}]
 
 
 def test_purge_one_helper_checks_the_state(manager, jobs):

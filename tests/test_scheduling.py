@@ -199,7 +199,8 @@ def test_retrying_a_job_whose_dependency_is_still_dead_is_refused(manager):
     with pytest.raises(InvalidStateError, match="waits for job dep, which is in the DLQ"):
         manager.retry_dead("child")
     assert manager.storage.get("child").state is JobState.DEAD
-    assert {j.id for j in manager.retry_all_dead()} == {"dep"}  # which brings the child back
+    done = manager.retry_all_dead()
+    assert {j.id for j in done.retried} == {"dep"} and done.left == []  # the retry brings the child back
     assert manager.storage.get("child").state is JobState.PENDING
 
 
@@ -280,6 +281,19 @@ def test_a_retry_from_the_dlq_keeps_the_unique_key_rule(manager):
     assert existing and again.id == "A"
 
 
+def test_dlq_retry_all_says_which_jobs_it_left_and_why(proc):
+    proc("enqueue", '{"id":"A","command":"true"}', "--unique-key", "K")
+    proc("cancel", "A")
+    proc("enqueue", '{"id":"B","command":"true"}', "--unique-key", "K")
+    proc("enqueue", '{"id":"D","command":"true"}')
+    proc("cancel", "D")
+    out = proc("dlq", "retry", "--all").stdout
+    assert out == ("Moved 1 job(s) from DLQ to pending queue\n"
+                   "Left 1 job(s) in the DLQ:\n"
+                   "  job B holds unique key 'K' (pending): not retrying A\n"), out
+    assert proc("dlq", "retry", "--all").stdout.startswith("Moved 0 job(s)")
+
+
 def test_a_job_cancelled_while_waiting_counts_as_moved_to_the_dlq(manager):
     manager.cancel(manager.enqueue("true").id)
     assert manager.metrics()["totals"]["dead_total"] == 1
@@ -326,7 +340,7 @@ def test_cancel_through_the_cli(proc):
 def test_dlq_retry_all_and_purge(manager):
     for _ in range(3):
         manager.cancel(manager.enqueue("true").id)
-    assert len(manager.retry_all_dead()) == 3
+    assert len(manager.retry_all_dead().retried) == 3
     for job in manager.list_jobs():
         manager.cancel(job.id)
     assert manager.purge(JobState.DEAD) == 3

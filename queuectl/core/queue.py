@@ -60,6 +60,15 @@ class Outcome:
         return self.exit_code == 0 and not self.timed_out
 
 
+@dataclass
+class RetryAll:
+    """What `dlq retry --all` did: the jobs moved back to pending, and those it left in the DLQ
+    with the reason (a unique key another job holds, a dependency that stayed dead)."""
+
+    retried: list[Job]
+    left: list[tuple[str, str]]
+
+
 class QueueManager:
     """Every operation on the queue; the CLI, the workers and the dashboard all go through it."""
 
@@ -467,15 +476,20 @@ class QueueManager:
         self.storage.notify_work()
         return new
 
-    def retry_all_dead(self) -> list[Job]:
+    def retry_all_dead(self) -> RetryAll:
         retried = []
+        refused: dict[str, str] = {}
         self.recover(quiet=True)  # jobs a killed command left in processing/ count as where they were
         for job in self.list_jobs(DEAD):
             try:
                 retried.append(self.retry_dead(job))
-            except InvalidStateError:
-                continue  # moved meanwhile (another retry, a revived dependant)
-        return retried
+            except InvalidStateError as e:
+                refused[job.id] = str(e)  # or moved meanwhile (another retry, a revived dependant)
+        # A job refused for a dependency still dead is brought back by that dependency's retry
+        # later in the loop: only those still in the DLQ are left.
+        left = [(job_id, reason) for job_id, reason in refused.items()
+                if (job := self.storage.get(job_id)) is not None and job.state is DEAD]
+        return RetryAll(retried, left)
 
     def cancel(self, ref: str, wait: float = 10.0) -> Job:
         """Moves a waiting job to the DLQ as `Cancelled`; a running one is ended first."""

@@ -108,9 +108,12 @@ def retry(job_id: str) -> Any:
 def retry_all() -> Any:
     dashboard = current()
     with dashboard.lock:
-        retried = dashboard.manager.retry_all_dead()
-    return _done({"retried": len(retried), "ids": [j.id for j in retried]},
-                 f"Moved {len(retried)} job(s) from DLQ to pending queue")
+        done = dashboard.manager.retry_all_dead()
+    message = f"Moved {len(done.retried)} job(s) from DLQ to pending queue"
+    if done.left:
+        message += f"; left {len(done.left)} in the DLQ: " + "; ".join(reason for _job_id, reason in done.left)
+    return _done({"retried": len(done.retried), "ids": [j.id for j in done.retried],
+                  "left": [{"id": job_id, "reason": reason} for job_id, reason in done.left]}, message)
 
 
 @blueprint.post("/dlq/<job_id>/purge")
