@@ -274,8 +274,9 @@ def _start(app: App, count: int | None, timeout: float | None, detach: bool = Fa
 
 def _detach(app: App, count: int, timeout: float | None) -> tuple[int, str]:
     """Starts `start` again in its own session, logging to a file; waits until it is listed."""
+    from .core.utils.fs import new_private_file
     from .core.utils.proc import spawn_detached
-    log_path = os.path.join(app.manager.storage.log_dir(), f"manager-{time.strftime('%Y%m%d-%H%M%S')}.log")
+    log_path = new_private_file(app.manager.storage.log_dir(), f"manager-{time.strftime('%Y%m%d-%H%M%S')}", ".log")
     argv = [sys.executable, "-m", "queuectl", "start", "--count", str(count)]
     if timeout:
         argv += ["--timeout", str(timeout)]

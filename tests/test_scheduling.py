@@ -399,12 +399,23 @@ def test_a_rate_limit_of_5_per_second_holds_across_4_workers(proc):
 def test_detach_then_stop_wait(proc):
     out = proc("start", "--count", "1", "--detach").stdout
     assert "Started worker manager in the background (pid" in out and "Log: " in out
-    assert "Manager pid" in proc("status").stdout
+    second = proc("start", "--count", "1", "--detach").stdout  # its own log, even in the same second
+    assert second.split("Log: ")[1] != out.split("Log: ")[1]
+    assert proc("status").stdout.count("Manager pid") == 2
     proc.enqueue("true")
     assert wait_for(lambda: proc.counts()["completed"] == 1, timeout=20)
     stopped = proc("stop", "--wait").stdout
     assert "All workers stopped after" in stopped
     assert "No worker manager running" in proc("status").stdout
+
+
+def test_log_files_of_the_same_second_do_not_collide(tmp_path):
+    from queuectl.core.utils.fs import new_private_file
+    first = new_private_file(str(tmp_path), "manager-20261207-120000", ".log")
+    second = new_private_file(str(tmp_path), "manager-20261207-120000", ".log")
+    assert os.path.basename(first) == "manager-20261207-120000.log"
+    assert os.path.basename(second) == "manager-20261207-120000-2.log"
+    assert oct(os.stat(second).st_mode & 0o777) == oct(0o600)
 
 
 def test_stop_force_returns_running_jobs_to_pending(proc):

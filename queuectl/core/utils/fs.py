@@ -77,6 +77,20 @@ def _syncfs():  # type: ignore[no-untyped-def]
     return _SYNCFS[0]
 
 
+def new_private_file(folder: str, stem: str, suffix: str) -> str:
+    """Creates an empty file (0600) named `stem + suffix` in `folder`, or `stem-2 + suffix`,
+    `stem-3`... if taken, and returns its path: two callers with the same stem (a timestamp of
+    the same second) each get a file of their own."""
+    n = 1
+    while True:
+        path = os.path.join(folder, f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            os.close(os.open(path, _NEW_FILE, FILE_MODE))
+            return path
+        except FileExistsError:
+            n += 1
+
+
 def write_private(path: str, data: bytes, durable: bool = False) -> None:
     """Writes a new file (O_EXCL, 0600); without fsync unless `durable` (the caller syncs a
     whole batch at once)."""
