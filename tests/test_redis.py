@@ -287,10 +287,13 @@ def test_two_hosts_drain_one_queue_and_recover_a_killed_host(redis_server, tmp_p
         assert all(j.attempts == 1 for j in p.manager().list_jobs())
         assert "completed in" in a_log.read_text() and "completed in" in b_log.read_text()
 
-        # Four sleepers: each of the four workers takes one. Then host A dies, all at once.
-        sleeper = tmp_path / "sleepers"
-        p("enqueue", "--file", "-", input="\n".join(
-            json.dumps({"id": f"sleep-{i}", "command": f"sleep 3; echo sleep-{i} >> {sleeper}"}) for i in range(4)))
+        # Four jobs that wait for a gate: each of the four workers takes one, however late it
+        # comes (with 3-second sleepers, a worker slow to wake once let another finish its first
+        # and take the fourth). Then host A dies, all at once, and the gate opens.
+        sleeper, gate = tmp_path / "sleepers", tmp_path / "gate"
+        p("enqueue", "--file", "-", input="\n".join(json.dumps(
+            {"id": f"sleep-{i}", "command": f"until [ -e {gate} ]; do sleep 0.05; done; echo sleep-{i} >> {sleeper}"})
+            for i in range(4)))
         assert wait_for(lambda: p.counts()["processing"] == 4, timeout=20)
         store = get_storage(url)
         held = {j.id: j.worker_id for j in store.jobs(JobState.PROCESSING)}
@@ -299,6 +302,7 @@ def test_two_hosts_drain_one_queue_and_recover_a_killed_host(redis_server, tmp_p
         os.killpg(a.pid, signal.SIGKILL)
         a.wait()
         killed = time.monotonic()
+        gate.touch()
 
         def moved() -> bool:
             return all(store.get(j).worker_id != held[j] for j in on_a)
