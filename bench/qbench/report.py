@@ -89,7 +89,12 @@ def scale_rows(r: dict) -> list[Row]:
             ms_row("scale: `queuectl enqueue true`", "enqueue_cli"),
             ("scale: claim rate, jobs/s", num(b["claim"]["jobs_per_s"]), "", "",
              f"with {n} jobs; empty {num(e['claim']['jobs_per_s'])} (x{num(q['claim_jobs_per_s'], 2)}); "
+             f"medians of {_passes(b['claim'])} and {_passes(e['claim'])}; "
              f"start to 1st job {num(b['claim']['startup_s'], 2)} s (empty {num(e['claim']['startup_s'], 2)} s)")]
+
+
+def _passes(claim: dict) -> str:
+    return " / ".join(num(r) for r in claim.get("passes_jobs_per_s", [claim["jobs_per_s"]]))
 
 
 def recovery_rows(r: dict) -> list[Row]:
