@@ -100,7 +100,20 @@ JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON docu
 
 def _emit(data: Any) -> None:
     import json
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if not text.replace("\n", "").isprintable():
+        # JSON escapes only the C0 controls: DEL, C1 and format characters (bidi overrides) of
+        # a job's text would reach the terminal raw. As \u escapes they read back the same.
+        text = "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+    click.echo(text)
+
+
+def _json_escape(c: str) -> str:
+    n = ord(c)
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    n -= 0x10000
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"  # a surrogate pair, as JSON spells it
 
 
 def _complete_ids(ctx: click.Context, _param: Any, incomplete: str) -> list[Any]:

@@ -261,6 +261,19 @@ def test_job_text_reaches_the_terminal_with_its_control_characters_escaped(data)
     assert stored(data, "esc").command == command  # escaped on the way out only
 
 
+def test_json_output_escapes_what_json_leaves_raw_and_reads_back_the_same(data):
+    """JSON escapes C0 controls itself; DEL, C1 controls and format characters (a bidi override,
+    an astral tag character) it would write raw, so --json spells them as \\u escapes too."""
+    command = "echo \x1b[2J \x7f \x9b31m \u202e \U000e0001 ünï 🚀"
+    ok(data, "enqueue", '{"id":"esc","command":' + json.dumps(command) + '}')
+    for text in (ok(data, "list", "--json"), ok(data, "show", "esc", "--json")):
+        assert not any(c in text for c in "\x1b\x7f\x9b\u202e\U000e0001"), ascii(text)
+        assert "\\u202e" in text and "\\udb40\\udc01" in text and "ünï 🚀" in text, ascii(text)
+        found = json.loads(text)
+        found = found["jobs"][0] if "jobs" in found else found
+        assert found["command"] == command
+
+
 def test_logs_prints_the_bytes_the_command_wrote(data):
     with manager_for(data) as mgr:
         job = mgr.enqueue('{"id":"bin","command":"printf x"}')
