@@ -735,6 +735,34 @@ def test_a_killed_reuse_of_an_id_marker_leaves_its_temp_file_where_the_sweep_loo
         store.close()
 
 
+def test_a_unique_key_write_killed_midway_leaves_a_temp_file_that_start_removes(tmp_path):
+    """Reserving a unique key rewrites its file in unique/: killed before the rename, the
+    enqueue leaves a temp file there, and start's housekeeping looks in unique/ too. It does
+    not list the history folders, where no write makes a temp file."""
+    from queuectl.core.backends import json_backend
+
+    path = _store(tmp_path, {"id": "other", "command": "true"})
+
+    def submit(manager: QueueManager) -> None:
+        manager.submit(json.dumps({"id": "keyed", "command": "true"}), unique_key="nightly")
+
+    assert os.WIFSIGNALED(_in_child(path, submit, "write.before_replace:1"))
+    left = [Path(path) / "unique" / n for n in os.listdir(Path(path) / "unique") if n.endswith(".tmp")]
+    assert len(left) == 1, os.listdir(Path(path) / "unique")
+    old = left[0].stat().st_mtime - json_backend.TEMP_MAX_AGE - 1
+    os.utime(left[0], (old, old))
+    assert {"completed", "dead", "pending", "failed", "ids"}.isdisjoint(json_backend.TEMP_FOLDERS)
+    store = get_storage(path)
+    try:
+        store.maintain()
+        assert not left[0].exists()
+        job, existing = QueueManager(store).submit(json.dumps({"id": "keyed", "command": "true"}),
+                                                   unique_key="nightly")
+        assert not existing and job.id == "keyed"
+    finally:
+        store.close()
+
+
 def _paused_at_marking(ready: Path, go: Path) -> None:
     """In a forked child: the next single enqueue stops right after marking its id until `go`."""
     import time
