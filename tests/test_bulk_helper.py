@@ -127,14 +127,14 @@ def path(tmp_path) -> str:
 
 
 def test_a_big_batch_is_written_by_a_helper_and_lands_whole_in_order(path, tmp_path, monkeypatch):
-    seen = tmp_path / "stagers"
-    seen.mkdir()
-    real_stage = json_backend._stage
+    writers = tmp_path / "writers"
+    writers.mkdir()
 
-    def stage(jobs, paths):
-        real_stage(jobs, paths)
-        (seen / f"{os.getpid()}-{len(jobs)}").touch()
-    monkeypatch.setattr(json_backend, "_stage", stage)
+    def note(p: str) -> bool:
+        if _job_file(p):
+            (writers / f"{os.getpid()}-{os.path.basename(p)}").touch()
+        return False
+    _before_writes(monkeypatch, note, lambda: None)
 
     def body() -> Any:
         return _enqueue(path, _specs(BIG))(), os.getpid()
@@ -142,8 +142,9 @@ def test_a_big_batch_is_written_by_a_helper_and_lands_whole_in_order(path, tmp_p
     assert status == 0 and out[0] == "ok", out
     ids, enqueuer = out[1]
     assert ids == [f"b-{i:05d}" for i in range(BIG)]
-    stagers = [tuple(map(int, n.split("-"))) for n in os.listdir(seen)]
-    assert len(stagers) == 1 and stagers[0][0] not in (enqueuer, os.getpid()) and stagers[0][1] == BIG, stagers
+    pids = {int(n.split("-", 1)[0]) for n in os.listdir(writers)}
+    assert len(pids) == 1 and pids.isdisjoint((enqueuer, os.getpid())), pids  # one helper wrote them all
+    assert len(os.listdir(writers)) == BIG
     assert _pending_ids(path) == [f"b-{i:05d}" for i in range(BIG)]
     assert not _leftovers(path)
     store = get_storage(path)
@@ -153,6 +154,73 @@ def test_a_big_batch_is_written_by_a_helper_and_lands_whole_in_order(path, tmp_p
         assert store.claim("t", time.time()) is None
     finally:
         store.close()
+
+
+def _staged_files(path: str) -> int:
+    tmp = Path(path) / "tmp"
+    try:
+        return sum(len(os.listdir(tmp / n)) for n in os.listdir(tmp) if n.startswith(".batch-"))
+    except FileNotFoundError:  # no store yet, or the batch folder went meanwhile
+        return 0
+
+
+@pytest.fixture
+def existing(path) -> str:
+    """A store that exists (made by a setting), into which a batch streams."""
+    store = get_storage(path)
+    try:
+        store.save_config({})
+    finally:
+        store.close()
+    assert os.path.isdir(Path(path) / "pending")
+    return path
+
+
+def test_the_helper_writes_while_later_lines_are_still_checked(existing):
+    """Into a store that exists, the helper starts once the first lines are checked: the line
+    after the first table waits here until the helper has written files."""
+    path = existing
+    specs = _specs(BIG)
+
+    def lines() -> Any:
+        for n, spec in enumerate(specs):
+            if n == json_backend.HELPER_MIN_JOBS + 100:
+                deadline = time.monotonic() + 20
+                while _staged_files(path) < 100 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                yield json.dumps({"id": "seen-files", "command": "true"}) if _staged_files(path) >= 100 else spec
+            yield spec
+
+    status, out = _in_child(_enqueue(path, lines()))  # type: ignore[arg-type]
+    assert status == 0 and out[0] == "ok", out
+    assert "seen-files" in out[1] and len(out[1]) == BIG + 1
+    assert len(_pending_ids(path)) == BIG + 1 and not _leftovers(path)
+
+
+def test_a_bad_line_found_while_the_helper_writes_stores_nothing(existing):
+    path = existing
+    specs = _specs(BIG)
+    specs[json_backend.HELPER_MIN_JOBS + 150] = '{"id":"bad","command":7}'
+
+    def body() -> Any:
+        try:
+            return _enqueue(path, specs)()
+        finally:
+            assert _no_children(), "the helper is reaped"
+
+    status, out = _in_child(body)
+    assert status == 0 and out[:2] == ("raised", "ValidationError"), out
+    assert out[2].startswith(f"line {json_backend.HELPER_MIN_JOBS + 151}: "), out
+    assert not _pending_ids(path) and not _leftovers(path) and not os.listdir(Path(path) / "ids")
+
+
+def test_a_new_store_is_made_only_once_every_line_is_checked(tmp_path):
+    path = str(tmp_path / "new")
+    specs = _specs(BIG)
+    specs[-1] = "{not json"
+    status, out = _in_child(_enqueue(path, specs))
+    assert out[:2] == ("raised", "ValidationError"), out
+    assert not os.path.exists(path)
 
 
 def test_a_helper_that_fails_fails_the_batch_and_stores_nothing(path, monkeypatch):
@@ -222,7 +290,8 @@ def test_a_batch_whose_enqueue_is_killed_while_its_helper_writes_is_swept(path, 
         except FileNotFoundError:  # not created yet
             return 0
     deadline = time.monotonic() + 30
-    while staged() < 100 and time.monotonic() < deadline:
+    # killed once every job is sent to the helper (its id is linked right after)
+    while (staged() < 100 or len(os.listdir(Path(path) / "ids")) < BIG) and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)

@@ -48,6 +48,18 @@ def test_a_batch_with_a_stored_id_is_refused_whole_and_names_that_id(storage):
     assert storage.get("new-1") is None and storage.counts()[JobState.PENDING] == 1
 
 
+def test_a_lazy_batch_that_raises_stores_nothing(storage):
+    """`enqueue --file` hands its jobs over as it checks them: a bad line raises midway."""
+    def jobs():
+        yield make(job_id="lazy-1")
+        yield make(job_id="lazy-2")
+        raise ValueError("line 3: bad")
+
+    with pytest.raises(ValueError, match="line 3"):
+        storage.add_many(jobs())
+    assert storage.get("lazy-1") is None and storage.counts()[JobState.PENDING] == 0
+
+
 def test_match_ids_by_prefix(storage):
     for job_id in ("abc1", "abc2", "abd"):
         storage.add(make(job_id=job_id))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from . import metrics
 from .errors import ConflictError, DuplicateJobError, InvalidStateError, JobNotFoundError, ValidationError
@@ -189,24 +189,29 @@ class QueueManager:
         self._settle(job.id)  # a dependency may have finished (or died) while we were adding
 
     def enqueue_many(self, texts: Iterable[str]) -> list[Job]:
-        """All or nothing: every spec is checked before the first is stored; blank lines are skipped."""
-        jobs = []
+        """All or nothing: a bad spec stores none; blank lines are skipped. The specs are
+        checked as the storage takes them, which may be while it writes the first ones."""
+        jobs: list[Job] = []
         seen: dict[str, int] = {}  # id -> its line
-        for n, text in enumerate(texts, 1):
-            if not text.strip():
-                continue
-            try:
-                job = self.build_job(text)
-                if job.after or job.unique_key:
-                    raise ValidationError("'after' and 'unique_key' need one enqueue per job, not --file")
-            except ValidationError as e:
-                raise ValidationError(f"line {n}: {e}") from None
-            if job.id in seen:
-                raise ValidationError(f"line {n}: duplicate id '{job.id}'")
-            seen[job.id] = n
-            jobs.append(job)
+
+        def checked() -> Iterator[Job]:
+            for n, text in enumerate(texts, 1):
+                if not text.strip():
+                    continue
+                try:
+                    job = self.build_job(text)
+                    if job.after or job.unique_key:
+                        raise ValidationError("'after' and 'unique_key' need one enqueue per job, not --file")
+                except ValidationError as e:
+                    raise ValidationError(f"line {n}: {e}") from None
+                if job.id in seen:
+                    raise ValidationError(f"line {n}: duplicate id '{job.id}'")
+                seen[job.id] = n
+                jobs.append(job)
+                yield job
+
         try:
-            self.storage.add_many(jobs)
+            self.storage.add_many(checked())
         except DuplicateJobError as e:  # an id already stored: name its line, as for a bad one
             if e.job_id not in seen:
                 raise

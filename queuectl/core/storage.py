@@ -65,8 +65,9 @@ class Storage(ABC):
         """Stores a new pending job durably. DuplicateJobError if its id exists."""
 
     def add_many(self, jobs: Iterable[Job]) -> None:
-        """Stores many new jobs; durable when it returns. The default adds them one by one."""
-        for job in jobs:
+        """Stores many new jobs; durable when it returns. `jobs` may be lazy and may raise (a
+        bad spec): then none is stored. The default takes them all, then adds them one by one."""
+        for job in list(jobs):
             self.add(job)
 
     @abstractmethod

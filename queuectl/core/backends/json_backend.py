@@ -80,6 +80,8 @@ TABLE_JOBS = 1000
 # A bulk enqueue of at least this many jobs stages its files from a helper process while it
 # links their ids (see `add_many`): at 1,000 jobs that was faster, at 300 even (the fork's cost).
 HELPER_MIN_JOBS = 1000
+# The pipe that feeds that helper, widened to hold about two id tables of jobs (see `_start_stager`).
+STAGE_PIPE_SIZE = 1 << 20
 # A temp file this old belongs to a writer that died; younger ones may still be renamed.
 TEMP_MAX_AGE = 60.0
 # Where a killed writer can leave a temp file (the root for config.json, stop, rate). A job's
@@ -288,35 +290,58 @@ class JsonStorage(Storage):
         which the files are moved into pending/ (and a batch a killed process left committed
         is moved on by the next `enqueue --file` or recovery). Durable when it returns.
 
-        From HELPER_MIN_JOBS jobs on, a helper process writes the files, in order, while this
-        one links the ids: the two run on two cores. Splitting the files between the two was
-        faster still, but their inodes then interleaved, and a drain in enqueue order dirtied
-        more inode-table blocks per synced batch (2-worker drains of such batches ran slower in
-        four of six pairs); two threads did worse than one (they queued on the folder's lock and
-        handed the GIL back and forth, 8,300-8,800 against 10,300-11,900 jobs/s in-process).
+        `jobs` may be lazy and may raise (an `enqueue --file` checks each line as it is taken):
+        then nothing is stored. A store that does not exist yet is made only once every job has
+        been taken, so that bad input leaves none behind.
+
+        From HELPER_MIN_JOBS jobs on, a helper process writes the files, in order, from what
+        this one sends it through a pipe, while this one goes on taking jobs and linking their
+        ids: the two run on two cores. Splitting the files between the two was faster still,
+        but their inodes then interleaved, and a drain in enqueue order dirtied more inode-table
+        blocks per synced batch (2-worker drains of such batches ran slower in four of six
+        pairs); two threads did worse than one (they queued on the folder's lock and handed the
+        GIL back and forth, 8,300-8,800 against 10,300-11,900 jobs/s in-process).
         """
+        source = iter(jobs)
+        head = list(itertools.islice(source, HELPER_MIN_JOBS))
+        helped = len(head) == HELPER_MIN_JOBS and fs._syncfs() is not None  # see `_start_stager`
+        if not (helped and self.exists()):
+            head.extend(source)
         self._ensure()
         self.roll_forward()
-        jobs = list(jobs)
         # Named after this process's owner id: its lock tells a live batch from a dead one (a
         # helper inherits the lock, so a batch is alive while its helper runs).
         folder = self._p("tmp", f".batch-{self._own_cli_owner()}.{uuid.uuid4().hex[:12]}")
-        # named as in pending/, as temp files (a reader of the store skips them until they move)
-        staged = [f"{folder}{os.sep}.{self._name(job)}.tmp" for job in jobs]
+        batch = os.path.basename(folder)
+        prefix = folder + os.sep
+        staged: list[str] = []
         markers: list[str] = []
+        anchors: list[str] = []
         helper: Any = None
+        pipe: int | None = None
         try:
             os.mkdir(folder, 0o700)
-            # Only where one syncfs makes the helper's files durable (the fallback fsyncs each).
-            if len(jobs) >= HELPER_MIN_JOBS and fs._syncfs() is not None:
-                helper = start_helper(lambda: _stage(jobs, staged))
-            anchors = self._link_ids(jobs, markers, os.path.basename(folder))
-            if helper is None:
-                _stage(jobs, staged)
-            else:
+            if helped:
+                helper, pipe = _start_stager(prefix)
+            for chunk in _chunks(head, source):
+                # named as in pending/, as temp files (a reader of the store skips them until they move)
+                names = [f".{self._name(job)}.tmp" for job in chunk]
+                if pipe is not None:  # first, so that the helper writes while the ids are linked
+                    _send(helper, pipe, b"".join(
+                        b"%s\0%s\n" % (name.encode(), job.to_json()) for name, job in zip(names, chunk)))
+                anchors += self._link_ids(chunk, markers, batch)
+                paths = [prefix + name for name in names]
+                if pipe is None:
+                    _stage(chunk, paths)
+                staged += paths
+            if pipe is not None:
+                os.close(pipe)  # the helper's end of input
+                pipe = None
                 helper.join()
             fs.sync_filesystem(self.root, staged + anchors + [self._p("ids"), folder])
         except BaseException as e:
+            if pipe is not None:
+                os.close(pipe)
             if helper is not None:
                 helper.cancel()  # before the folder goes: it may still be writing into it
             for path in markers:
@@ -1732,6 +1757,61 @@ def _stage(jobs: list[Job], paths: list[str]) -> None:
     """Writes each job to its new file (a bulk enqueue's batch; synced by the caller)."""
     for job, path in zip(jobs, paths):
         fs.write_private(path, job.to_json())
+
+
+def _chunks(head: list[Job], source: Iterator[Job]) -> Iterator[list[Job]]:
+    """`head`, then what `source` still holds, in lists of one id table each."""
+    for start in range(0, len(head), TABLE_JOBS):
+        yield head[start:start + TABLE_JOBS]
+    while chunk := list(itertools.islice(source, TABLE_JOBS)):
+        yield chunk
+
+
+def _start_stager(prefix: str) -> tuple[Any, int | None]:
+    """Forks the helper of a bulk enqueue (see `add_many`); returns it and the pipe that feeds
+    it, or (None, None) where no helper can start.
+
+    POSIX with syncfs only: there one syncfs makes the helper's files durable (elsewhere each
+    would be fsynced by name). The pipe is widened where the system allows, so that the
+    enqueue can send a table's worth of jobs and go on linking while the helper writes.
+    """
+    read_end, write_end = os.pipe()
+    fs.widen_pipe(write_end, STAGE_PIPE_SIZE)
+
+    def work() -> None:
+        os.close(write_end)  # or the helper would never see the end of its input
+        _stage_stream(read_end, prefix)
+
+    helper = start_helper(work)
+    os.close(read_end)
+    if helper is None:
+        os.close(write_end)
+        return None, None
+    return helper, write_end
+
+
+def _send(helper: Any, pipe: int, data: bytes) -> None:
+    """Feeds the helper; a helper that failed or died is reported as such (see `Helper.join`)."""
+    try:
+        fs._write_all(pipe, data)
+    except BrokenPipeError:
+        helper.join()  # raises what the helper raised, or that it died
+        raise
+
+
+def _stage_stream(pipe: int, prefix: str) -> None:
+    """The helper's side of `add_many`: writes each `<name>\\0<job>\\n` record read from
+    `pipe` to the new file `prefix + name`, in order, until the enqueue closes the pipe. A
+    job's JSON holds no raw newline or NUL: the encoder escapes every control character."""
+    rest = b""
+    while data := os.read(pipe, STAGE_PIPE_SIZE):
+        records = (rest + data).split(b"\n")
+        rest = records.pop()
+        for record in records:
+            name, _, job = record.partition(b"\0")
+            fs.write_private(prefix + name.decode(), job)
+    if rest:  # the enqueue died mid-send: its batch is dead, and swept as such
+        raise OSError(0, "the job stream of a bulk enqueue ended mid-record")
 
 
 def _remove_folder(path: str) -> None:

@@ -91,6 +91,17 @@ def new_private_file(folder: str, stem: str, suffix: str) -> str:
             n += 1
 
 
+def widen_pipe(fd: int, size: int) -> None:
+    """Asks for a pipe buffer of `size` bytes (Linux); elsewhere, or if refused, the pipe keeps
+    its size, which works with less room between its two ends."""
+    setter = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setter is not None:
+        try:
+            fcntl.fcntl(fd, setter, size)
+        except OSError:
+            pass
+
+
 def write_private(path: str, data: bytes, durable: bool = False) -> None:
     """Writes a new file (O_EXCL, 0600); without fsync unless `durable` (the caller syncs a
     whole batch at once)."""
