@@ -42,6 +42,9 @@ def bulk(jobs: int, new_store: NewStore = json_store, floor: bool = True) -> dic
     if not bulk_available():
         return {"available": False, "reason": "this queuectl has no `enqueue --file`"}
     with temp_dir("bulk") as tmp, new_store(tmp, "bulk") as store:
+        # Into a store that exists, as a user's is after its first command: into a new one the
+        # enqueue checks every line before its helper starts (bad input must leave no store).
+        run_cli([queuectl_exe(), "config", "set", "max_retries", "3"], clean_env(store))
         lines = spec_lines(job_ids("bulk", jobs))
         t0 = time.perf_counter()
         enqueue_specs(store, lines, tmp)
