@@ -46,6 +46,24 @@ def without_linux_fast_paths(monkeypatch) -> None:
     monkeypatch.setattr(helper, "FORK", False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _temp_dir_of_the_run(tmp_path_factory):
+    """The temp folders that queuectl makes itself (the memory backend's job output, the Redis
+    backend's output folders, the logs of `start --detach`) go under pytest's own temp folder,
+    which pytest prunes, in this process and in the `queuectl` processes the tests start; in the
+    system's temp folder they were left behind by every run."""
+    folder = str(tmp_path_factory.mktemp("tempdir"))
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = folder
+    os.environ["TMPDIR"] = folder
+    yield
+    tempfile.tempdir = saved[0]
+    if saved[1] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[1]
+
+
 @pytest.fixture
 def storage(request, tmp_path, monkeypatch):
     """Every storage backend in turn; the contract suite runs against each."""
