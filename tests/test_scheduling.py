@@ -370,6 +370,16 @@ def test_keep_completed_trims_the_oldest(manager, worker):
     assert manager.counts()[JobState.COMPLETED] == 3
 
 
+@pytest.mark.parametrize("age", ["3651d", "522w", "99999999999999999999d"])
+def test_keep_completed_refuses_an_age_that_trimming_would_refuse(manager, age):
+    """Stored, such an age made every trim of a running `start` fail, once a minute."""
+    manager.set_config("keep_completed", "3650d")
+    with pytest.raises(ValidationError, match="ten years"):
+        manager.set_config("keep_completed", age)
+    assert manager.config.keep_completed == "3650d"
+    manager.trim_completed()
+
+
 # -- rate limit, background managers, forced stop --------------------------------------------
 @pytest.mark.slow
 def test_a_rate_limit_of_5_per_second_holds_across_4_workers(proc):

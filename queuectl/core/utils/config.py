@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ValidationError
+from ..job import parse_duration
 
 DEFAULT_STORAGE_PATH = "queuectl_data"
 STORAGE_ENV = "QUEUECTL_STORAGE_PATH"
@@ -133,6 +134,10 @@ def _count_or_age(key: str, raw: Any) -> int | str:
             raise ConfigError(f"{key} must be at most 1000000000")
         return int(text)
     if len(text) > 1 and text[:-1].isdigit() and text[-1] in "smhdw":
+        try:
+            parse_duration(text, key)  # what trimming reads it with: an age it refuses is refused here
+        except ValidationError as e:
+            raise ConfigError(str(e)) from None
         return text
     raise ConfigError(f"{key} must be a count (e.g. 10000) or an age (e.g. 7d), not '{raw}'")
 
