@@ -543,8 +543,10 @@ def cancel(app: App, job_ids: tuple[str, ...]) -> None:
     Example:
       queuectl cancel 08232c92 job1
     """
-    # Every id is looked up before any job is touched: a typo among them cancels nothing.
-    ids = list(dict.fromkeys(app.manager.resolve(ref).id for ref in job_ids))
+    # Every id is looked up, and its job's state checked, before any job is touched: a typo or
+    # a finished job among them cancels nothing. Only a race with a worker or another command
+    # can still leave some cancelled and others not (each is reported).
+    ids = list(dict.fromkeys(app.manager.cancellable(ref).id for ref in job_ids))
     failures = 0
     for job_id in ids:
         try:

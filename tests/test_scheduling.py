@@ -337,6 +337,15 @@ def test_cancel_through_the_cli(proc):
     assert proc("cancel", job, check=False).returncode == 1
 
 
+def test_cancel_of_several_ids_with_a_finished_one_among_them_cancels_nothing(proc):
+    waiting, done = proc.enqueue("true"), proc.enqueue("true")
+    proc("cancel", done)
+    refused = proc("cancel", waiting, done, check=False)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip() == f"Error: job {done} is already dead"
+    assert waiting[:8] in proc("list", "--state", "pending").stdout
+
+
 def test_dlq_retry_all_and_purge(manager):
     for _ in range(3):
         manager.cancel(manager.enqueue("true").id)

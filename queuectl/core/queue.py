@@ -496,6 +496,13 @@ class QueueManager:
                 if (job := self.storage.get(job_id)) is not None and job.state is DEAD]
         return RetryAll(retried, left)
 
+    def cancellable(self, ref: str) -> Job:
+        """The job `ref` names, if `cancel` can act on it: one that has not finished."""
+        job = self.resolve(ref)
+        if job.state in (COMPLETED, DEAD):
+            raise InvalidStateError(f"job {job.id} is already {job.state.value}")
+        return job
+
     def cancel(self, ref: str, wait: float = 10.0) -> Job:
         """Moves a waiting job to the DLQ as `Cancelled`; a running one is ended first."""
         job = self._resolve_settled(ref)
