@@ -11,7 +11,7 @@ import click
 
 from . import __version__
 from .core.errors import EXIT_RUNTIME, EXIT_USAGE, QueuectlError
-from .core.job import JobState
+from .core.job import JobState, printable
 from .core.utils.config import DEFAULT_STORAGE_PATH, STORAGE_ENV, Config
 
 # When this process began, near enough: a `stop` sent after it is meant for this `start`, even
@@ -909,21 +909,8 @@ def _cut(text: str, width: int) -> str:
 
 
 def _shown(text: str) -> str:
-    """Job text as it goes into a listing: control and format characters (ESC, BEL, C1, bidi
-    overrides) written as escapes, so a job's command or error cannot retitle, clear or recolour
-    the terminal of whoever lists it, nor disguise what it runs. Tabs and newlines stay."""
-    if text.isprintable():
-        return text
-    return "".join(_ESCAPES.get(c) or (c if c.isprintable() or c in " \t\n" else _escape(c)) for c in text)
-
-
-# Escaped text writes a backslash as two, so `\x1b` typed in a command stays apart from ESC.
-_ESCAPES = {"\\": "\\\\"}
-
-
-def _escape(c: str) -> str:
-    n = ord(c)
-    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+    """Job text as it goes into a listing (see `printable`): tabs and newlines stay."""
+    return printable(text)
 
 
 def _num(value: float) -> str:

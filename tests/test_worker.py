@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -55,6 +56,23 @@ def test_last_error_holds_the_last_stderr_line(worker, manager):
     job = manager.enqueue("echo first >&2; echo; echo 'the last one' >&2; exit 3", max_retries=0)
     worker.run_once()
     assert manager.storage.get(job.id).last_error == "Exit code 3: the last one"
+
+
+def test_the_worker_log_shows_job_text_escaped_one_line_a_record(worker, manager, caplog):
+    """The worker's log goes to the terminal of `start`: a command or its stderr must not send
+    it escape sequences (as `list` and `show` escape them), nor forge log lines with a newline."""
+    command = "printf 'err \\033]0;pwned\\007 \\033[2J' >&2; exit 4\necho 'forged - INFO - line'"
+    job = manager.enqueue(command, max_retries=0)
+    with caplog.at_level(logging.INFO):
+        worker.run_once()
+    assert manager.storage.get(job.id).last_error == "Exit code 4: err \x1b]0;pwned\x07 \x1b[2J"
+    lines = [r.getMessage() for r in caplog.records if job.id in r.getMessage()]
+    assert [line.split(" (")[0] for line in lines] == [f"Job {job.id} started on worker-1", f"Job {job.id} failed"]
+    for line in lines:
+        assert "\n" not in line and "\x1b" not in line and "\x07" not in line, line
+    assert lines[0].endswith(
+        ": printf 'err \\\\033]0;pwned\\\\007 \\\\033[2J' >&2; exit 4\\x0aecho 'forged - INFO - line'")
+    assert "(Exit code 4: err \\x1b]0;pwned\\x07 \\x1b[2J)" in lines[1]
 
 
 def test_a_timeout_kills_the_whole_process_group(worker, manager, tmp_path):

@@ -89,6 +89,23 @@ def now_iso(ts: float | None = None) -> str:
     return f"{text}.{MILLIS[micros // 1000]}Z"
 
 
+def printable(text: str, keep: str = " \t\n") -> str:
+    """Job text as queuectl shows it: control and format characters (ESC, BEL, C1, bidi
+    overrides) written as escapes, so a job's command, error or output cannot retitle, clear or
+    recolour the terminal of whoever reads it, nor disguise what it runs. Of the whitespace,
+    only `keep` stays as it is (a log line keeps only the space: one record, one line)."""
+    if text.isprintable():
+        return text
+    # A backslash is then written as two, so `\x1b` typed in a command stays apart from ESC.
+    return "".join("\\\\" if c == "\\" else c if c.isprintable() or c in keep else _escape(c)
+                   for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 def parse_iso(text: str) -> float:
     """Epoch seconds of an ISO 8601 time; a time without a zone is local time."""
     dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConflictError, QueuectlError
-from .job import DEAD, MILLIS, Job
+from .job import DEAD, MILLIS, Job, printable
 from .output import CappedFile, Pump, tail_line
 from .queue import Outcome, QueueManager
 from .storage import ManagerInfo, Storage, get_storage, host_id, new_owner_id
@@ -142,7 +142,7 @@ class Worker:
             # True when a held result was written: a job that waited for it may be due now
             return self.record_held()
         job_line("Job %s started on %s (attempt %d of %d): %s", job.id, self.name, job.attempts,
-                 job.max_retries + 1, job.command)
+                 job.max_retries + 1, printable(job.command, " "))  # one line, no escapes to the terminal
         outcome = self.execute(job)  # writes a held result once the command has started
         try:
             self.record_held()  # the command could not start
@@ -182,9 +182,9 @@ class Worker:
             log.warning("Job %s cancelled; moved to the DLQ", job.id)
         elif done.state is DEAD:
             log.warning("Job %s failed (%s); moved to the DLQ after %d attempt(s)", job.id,
-                        outcome.error, done.attempts)
+                        printable(outcome.error or "", " "), done.attempts)
         else:
-            log.warning("Job %s failed (%s); retry in %.0fs", job.id, outcome.error,
+            log.warning("Job %s failed (%s); retry in %.0fs", job.id, printable(outcome.error or "", " "),
                         max(0.0, done.due_at - time.time()))
 
     def _wait_for_start_slot(self) -> None:
