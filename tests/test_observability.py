@@ -285,3 +285,15 @@ def _read_all(fd: int, chunks: list[bytes]) -> None:
         if not data:
             return
         chunks.append(data)
+
+
+def test_queue_wait_of_a_job_due_before_it_was_enqueued_counts_from_its_enqueue(manager):
+    """A run_at years past is due at once: its wait is not those years."""
+    manager.enqueue('{"command": "true", "run_at": "2000-01-01T00:00:00Z"}')
+    worker = Worker(manager, "worker-1")
+    try:
+        worker.run_once()
+    finally:
+        worker.unregister()
+    wait = manager.metrics()["queue_wait_ms"]
+    assert wait["count"] == 1 and wait["max"] < 60_000, wait

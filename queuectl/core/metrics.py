@@ -24,7 +24,7 @@ def empty() -> dict[str, Any]:
         "dead_total": 0,           # jobs that ended in the DLQ
         "minutes": {},             # epoch minute -> [completed, failed attempts]
         "run_ms": _histogram(),    # attempt run time
-        "wait_ms": _histogram(),   # from due (enqueue or retry time) to start
+        "wait_ms": _histogram(),   # from due time (or enqueue, if later) to start
         "exit_codes": {},          # exit code of failed attempts -> count
     }
 
@@ -70,8 +70,9 @@ def apply(agg: dict[str, Any], old: Job, new: Job, now: float) -> None:
         if new.attempts == old.attempts + 1 and new.started_at:
             agg["attempts_total"] += 1
             # `now` is when the start was recorded, microseconds after the stamp in started_at,
-            # which would take a parse a job to read back
-            observe(agg["wait_ms"], (now - old.due_at) * 1000)
+            # which would take a parse a job to read back. A job enqueued with a due time
+            # already past waits from its enqueue (`seq`, in ns), not from that time.
+            observe(agg["wait_ms"], (now - max(old.due_at, old.seq / 1e9)) * 1000)
         return
     history = new.history
     if not history:
