@@ -45,7 +45,7 @@ class QueuectlGroup(click.Group):
         except click.UsageError as e:
             message = e.format_message().rstrip()
             if e.ctx is not None:
-                message += ("" if message.endswith(".") else ".") + f" Try '{e.ctx.command_path} --help'."
+                message += ("" if message.endswith((".", "?")) else ".") + f" Try '{e.ctx.command_path} --help'."
             _fail(message, EXIT_USAGE)
         except click.ClickException as e:
             _fail(e.format_message(), e.exit_code)
@@ -904,7 +904,9 @@ def _table(rows: list[list[Any]], headers: list[str], numbers: tuple[int, ...] =
 
 
 def _cut(text: str, width: int) -> str:
-    text = _shown(" ".join(text.split()) if "\n" in text else text)
+    """Job text in a table cell: on one line (a tab or newline makes its whitespace one space:
+    raw, a tab broke the columns), escaped, and cut to `width`."""
+    text = _shown(" ".join(text.split()) if "\n" in text or "\t" in text else text)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

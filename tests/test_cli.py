@@ -261,6 +261,19 @@ def test_job_text_reaches_the_terminal_with_its_control_characters_escaped(data)
     assert stored(data, "esc").command == command  # escaped on the way out only
 
 
+def test_a_tab_in_a_command_keeps_the_table_columns(data):
+    ok(data, "enqueue", '{"id":"tab","command":"echo a\\tb"}')
+    ok(data, "cancel", "tab")
+    for out in (ok(data, "list"), ok(data, "dlq", "list")):
+        assert "\t" not in out and "echo a b" in out, out
+
+
+def test_a_suggestion_for_a_mistyped_command_ends_its_sentence_once():
+    result = CliRunner().invoke(cli, ["lgs"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: No such command 'lgs'. Did you mean 'logs'? Try '")
+
+
 def test_json_output_escapes_what_json_leaves_raw_and_reads_back_the_same(data):
     """JSON escapes C0 controls itself; DEL, C1 controls and format characters (a bidi override,
     an astral tag character) it would write raw, so --json spells them as \\u escapes too."""
