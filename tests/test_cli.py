@@ -642,6 +642,8 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(code, args, proc, 
     assert "Traceback" not in out + err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    if PLAIN_FILE in args:  # named as the storage path the user gave, not as a folder inside it
+        assert "not a directory" in lines[0] and f"'{plain}'" in lines[0], err
     assert out == ""
     assert snapshot(proc.data) == before
     assert plain.read_bytes() == b"just a file\n"

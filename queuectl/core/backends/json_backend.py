@@ -618,6 +618,8 @@ class JsonStorage(Storage):
         return counts
 
     def _scan_counts(self) -> dict[JobState, int]:
+        if not self.exists():  # raises, worded, for a storage path that is a file
+            return {s: 0 for s in JobState}
         return {s: self._count_files(s.value) for s in JobState}
 
     def _count_files(self, sub: str) -> int:
