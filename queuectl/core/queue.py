@@ -498,16 +498,11 @@ class QueueManager:
 
     def cancellable(self, ref: str) -> Job:
         """The job `ref` names, if `cancel` can act on it: one that has not finished."""
-        job = self.resolve(ref)
-        if job.state in (COMPLETED, DEAD):
-            raise InvalidStateError(f"job {job.id} is already {job.state.value}")
-        return job
+        return _unfinished(self.resolve(ref))
 
     def cancel(self, ref: str, wait: float = 10.0) -> Job:
         """Moves a waiting job to the DLQ as `Cancelled`; a running one is ended first."""
-        job = self._resolve_settled(ref)
-        if job.state in (COMPLETED, DEAD):
-            raise InvalidStateError(f"job {job.id} is already {job.state.value}")
+        job = _unfinished(self._resolve_settled(ref))
         if job.state is PROCESSING:
             self.storage.request_cancel(job.id)
             deadline = time.monotonic() + wait
@@ -593,6 +588,12 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         return 0.0
+
+
+def _unfinished(job: Job) -> Job:
+    if job.state in (COMPLETED, DEAD):
+        raise InvalidStateError(f"job {job.id} is already {job.state.value}")
+    return job
 
 
 def _finished(job: Job) -> float:
