@@ -276,13 +276,16 @@ def _start(app: App, count: int | None, timeout: float | None, detach: bool = Fa
     setup_logging(manager.config.log_level)
     pool = WorkerPool(manager, count, timeout, launched_at=LAUNCHED_AT)
     pool.install_signal_handlers()
-    if timeout:
-        click.echo(f"Started {count} worker(s) for {_num(timeout)} seconds")
-        click.echo("Workers will auto-stop... (Ctrl+C to stop sooner)")
-    else:
-        click.echo(f"Started {count} worker(s). Press Ctrl+C or run 'queuectl stop' to stop.")
-    sys.stdout.flush()
-    pool.run()
+
+    def started() -> None:  # once the store took the manager's record: never before an error
+        if timeout:
+            click.echo(f"Started {count} worker(s) for {_num(timeout)} seconds")
+            click.echo("Workers will auto-stop... (Ctrl+C to stop sooner)")
+        else:
+            click.echo(f"Started {count} worker(s). Press Ctrl+C or run 'queuectl stop' to stop.")
+        sys.stdout.flush()
+
+    pool.run(on_ready=started)
 
 
 def _detach(app: App, count: int, timeout: float | None) -> tuple[int, str]:

@@ -46,6 +46,11 @@ def without_linux_fast_paths(monkeypatch) -> None:
     monkeypatch.setattr(helper, "FORK", False)
 
 
+# The system's temp folder, read before `_temp_dir_of_the_run` moves it under pytest's own,
+# which only root may enter: a store that a test runs as another user must lie outside it.
+SYSTEM_TEMP = tempfile.gettempdir()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _temp_dir_of_the_run(tmp_path_factory):
     """The temp folders that queuectl makes itself (the memory backend's job output, the Redis

@@ -188,7 +188,9 @@ def _as_nobody() -> list[str]:
 @pytest.fixture
 def root_store(proc, tmp_path):
     """A store with a pending and a dead job, in a directory nobody can reach (0700, root's)."""
-    base = Path(tempfile.mkdtemp(prefix="queuectl-perm-"))
+    from conftest import SYSTEM_TEMP
+
+    base = Path(tempfile.mkdtemp(prefix="queuectl-perm-", dir=SYSTEM_TEMP))  # removed below
     base.chmod(0o755)
     data = base / "data"
     proc.env["QUEUECTL_STORAGE_PATH"] = str(data)
@@ -252,3 +254,35 @@ def test_a_world_writable_store_is_refused(proc, root_store, args):
     assert "writable by others" in line and "chmod 700" in line, line
     assert snapshot(data) == before
     assert not marker.exists(), "a job from a store others can write to was run"
+
+
+@pytest.mark.parametrize("args", [["start", "--count", "1", "--timeout", "1"], ["dlq", "retry", "dead-1"]],
+                         ids=lambda a: "-".join(a[:2]))
+def test_a_store_its_owner_cannot_write_gives_one_clear_error_and_nothing_before_it(root_store, args):
+    """The user's own store, read-only to them (a 0500 folder): `start` says nothing of workers
+    it never started, and no command names its internal owner ids."""
+    import grp
+    import pwd
+
+    data, marker = root_store
+    command = _as_nobody()
+    uid, gid = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    for folder, subfolders, files in os.walk(data):
+        for name in subfolders + files:
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+        os.chmod(folder, 0o500)
+    os.chown(data, uid, gid)
+    try:
+        before = snapshot(data)
+        env = {"PATH": os.environ.get("PATH", ""), "QUEUECTL_STORAGE_PATH": str(data),
+               "PYTHONPATH": f"{ROOT}:{sysconfig.get_paths()['purelib']}"}
+        p = subprocess.run(command + args, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+        assert p.stdout == "", p.stdout
+        line = one_error_line(p.stderr)
+        assert f"cannot write to '{data}'" in line and "permission denied" in line.lower(), line
+        assert snapshot(data) == before
+        assert not marker.exists(), "a job ran"
+    finally:
+        for folder, _subfolders, _files in os.walk(data):
+            os.chmod(folder, 0o700)

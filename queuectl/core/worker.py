@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ConflictError, QueuectlError
 from .job import DEAD, MILLIS, Job, printable
@@ -459,13 +459,19 @@ class WorkerPool:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
 
-    def run(self) -> int:
+    def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        """Supervises the workers until they stop. `on_ready` runs once the housekeeping is
+        done, before any worker starts."""
         begin = time.time()
-        self.manager.prepare_start()
+        # The record first: a store this process cannot write fails here, before the
+        # housekeeping rewrites anything a file's owner may rewrite in a read-only folder.
         self.storage.register_manager(ManagerInfo(
             id=self.id, pid=os.getpid(), workers=self.count, started_at=begin,
             host=host_id(), storage=self.storage.display))
         try:
+            self.manager.prepare_start()
+            if on_ready is not None:
+                on_ready()
             for i in range(1, self.count + 1):
                 self._spawn(i)
             self._supervise(begin)
@@ -473,7 +479,8 @@ class WorkerPool:
             self.stop_event.set()
             for proc in self.procs.values():
                 proc.join()
-            self.manager.recover()
+            if self.procs:  # what its workers left; a housekeeping that failed left no worker
+                self.manager.recover()
             self.storage.unregister_manager(self.id)
         log.info("All workers stopped")
         return 0

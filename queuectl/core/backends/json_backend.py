@@ -1258,7 +1258,7 @@ class JsonStorage(Storage):
         try:
             self._owners[owner] = fs.HeldLock(self._p("owners", f"{owner}.lock"))
         except OSError as e:
-            raise StorageError(f"cannot register {owner}: {_reason(e)}") from e
+            raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
 
     def unregister_owner(self, owner: str) -> None:
         lock = self._owners.pop(owner, None)
@@ -1357,7 +1357,10 @@ class JsonStorage(Storage):
 
     def register_manager(self, info: ManagerInfo) -> None:
         self._ensure()
-        self._managers[info.id] = fs.HeldLock(self._p("managers", f"{info.id}.lock"))
+        try:
+            self._managers[info.id] = fs.HeldLock(self._p("managers", f"{info.id}.lock"))
+        except OSError as e:
+            raise StorageError(f"cannot write to '{self.display}': {_reason(e)}") from e
         data = {"id": info.id, "pid": info.pid, "workers": info.workers,
                 "started_at": info.started_at, "host": info.host, "storage": info.storage,
                 "extra": info.extra}
