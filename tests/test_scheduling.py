@@ -143,6 +143,14 @@ def test_a_dependant_waits_then_runs(manager, worker):
     assert manager.storage.get(second.id).state is JobState.COMPLETED
 
 
+def test_a_dependency_named_twice_is_waited_for_once(manager):
+    first = manager.enqueue("true", delay="1h")
+    second = manager.enqueue("true", after=[first.id, first.id[:8], first.id])
+    assert second.after == [first.id]
+    assert manager.storage.get(second.id).after == [first.id]
+    assert manager.storage.dependants(first.id) == [second.id]
+
+
 def test_a_dependants_folder_that_cannot_be_read_is_an_error_not_no_dependants(json_store):
     """A finished job asks for its dependants without an exception when it has none; a deps/
     that is no folder must still fail loudly, or the jobs waiting on it would wait for ever."""
