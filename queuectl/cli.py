@@ -11,7 +11,7 @@ import click
 
 from . import __version__
 from .core.errors import EXIT_RUNTIME, EXIT_USAGE, QueuectlError
-from .core.job import JobState, printable
+from .core.job import MAX_DELAY, JobState, printable
 from .core.utils.config import DEFAULT_STORAGE_PATH, STORAGE_ENV, Config
 
 # When this process began, near enough: a `stop` sent after it is meant for this `start`, even
@@ -336,6 +336,8 @@ class Seconds(click.ParamType):
             self.fail(f"'{value}' is not a number of seconds", param, ctx)
         if not math.isfinite(number) or number <= 0:
             self.fail(f"'{value}' is not a positive, finite number of seconds", param, ctx)
+        if number > MAX_DELAY:
+            self.fail(f"'{value}' seconds is more than ten years", param, ctx)
         return number
 
 

@@ -469,7 +469,7 @@ def test_main_reports_a_usage_error_in_one_line(capsys, data):
     assert err.startswith("Error: Invalid value for '--state'") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "1e308", "315360001"])
 def test_start_refuses_a_timeout_that_is_not_a_positive_finite_number(value, capsys, monkeypatch, data):
     started = []
     monkeypatch.setattr(cli_module, "_start", lambda app, count, timeout: started.append(timeout))
@@ -542,6 +542,7 @@ BAD_INPUT = [
     usage("start", "--timeout", "-1"),
     usage("start", "--timeout", "0"),
     usage("start", "--timeout", "abc"),
+    usage("start", "--timeout", "1e308"),
     usage("worker", "start", "--count", "0"),
     # config
     usage("config", "set", "max_retries", "abc"),
