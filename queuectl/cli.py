@@ -277,7 +277,7 @@ def _start(app: App, count: int | None, timeout: float | None, detach: bool = Fa
     pool = WorkerPool(manager, count, timeout, launched_at=LAUNCHED_AT)
     pool.install_signal_handlers()
 
-    def started() -> None:  # once the store took the manager's record: never before an error
+    def started() -> None:  # called once the housekeeping is done: never before a store error
         if timeout:
             click.echo(f"Started {count} worker(s) for {_num(timeout)} seconds")
             click.echo("Workers will auto-stop... (Ctrl+C to stop sooner)")

@@ -126,7 +126,7 @@ class QueueManager:
         """Stores a new job; (job, True) if a unique key found a live job already queued instead."""
         job = self.build_job(text, max_retries, **options)
         if job.after:
-            job.after = list(dict.fromkeys(self.resolve(ref).id for ref in job.after))  # `a,a1b2` once
+            job.after = list(dict.fromkeys(self.resolve(ref).id for ref in job.after))  # id and its prefix: once
             if job.id in job.after:
                 raise ValidationError("a job cannot wait for itself")
         if job.unique_key:
