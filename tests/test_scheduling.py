@@ -212,6 +212,28 @@ def test_retrying_a_job_whose_dependency_is_still_dead_is_refused(manager):
     assert manager.storage.get("child").state is JobState.PENDING
 
 
+def test_a_job_whose_failed_dependency_was_purged_is_never_run(manager, worker):
+    """The dependency never completed: purging it from the DLQ must not count as its success."""
+    manager.enqueue('{"id":"build","command":"exit 1","max_retries":0}')
+    drain(worker)
+    manager.enqueue('{"id":"deploy","command":"true"}', after=["build"])
+    manager.purge_dead("build")
+    with pytest.raises(InvalidStateError, match="waits for job build, which failed and was purged"):
+        manager.retry_dead("deploy")
+    assert manager.retry_all_dead().left[0][0] == "deploy"
+    drain(worker)
+    assert manager.storage.get("deploy").state is JobState.DEAD
+
+
+def test_a_job_whose_completed_dependency_was_purged_can_be_retried(manager, worker):
+    manager.enqueue('{"id":"build","command":"true"}')
+    manager.enqueue('{"id":"deploy","command":"exit 1","max_retries":0}', after=["build"])
+    drain(worker)
+    manager.purge(JobState.COMPLETED)
+    assert manager.storage.get("build") is None
+    assert manager.retry_dead("deploy").state is JobState.PENDING
+
+
 def test_a_job_waiting_for_two_dead_dependencies_comes_back_when_neither_is_dead(manager):
     for dep in ("A", "B"):
         manager.cancel(manager.enqueue(json.dumps({"id": dep, "command": "true"})).id)

@@ -175,6 +175,15 @@ class QueueManager:
         """The first of the job's dependencies that is in the DLQ, if any."""
         return next((ref for ref in job.after if (d := self.storage.get(ref)) is not None and d.state is DEAD), None)
 
+    def _purged_dependency(self, job: Job) -> str | None:
+        """The dependency the job died for, if that job has been purged since.
+
+        A missing dependency is taken as done elsewhere (completed, then purged by
+        `keep_completed`), but not one this job died for: it never completed.
+        """
+        return next((ref for ref in job.after if job.last_error == f"Dependency {ref} failed"
+                     and self.storage.get(ref) is None), None)
+
     def _add_with_dependencies(self, job: Job) -> None:
         deps = [self.storage.get(ref) for ref in job.after]
         if all(dep is not None and dep.state is COMPLETED for dep in deps):
@@ -464,6 +473,10 @@ class QueueManager:
         dead = self._dead_dependency(job)
         if dead is not None:  # it would only die again; the retry of its last dead dependency brings it back
             raise InvalidStateError(f"job {job.id} waits for job {dead}, which is in the DLQ: retry {dead} first")
+        gone = self._purged_dependency(job)
+        if gone is not None:
+            raise InvalidStateError(f"job {job.id} waits for job {gone}, which failed and was purged: "
+                                    f"it cannot run (enqueue it again without that dependency)")
         holder = self._other_holder(job)
         if holder is not None:
             raise InvalidStateError(f"job {holder.id} holds unique key '{job.unique_key}' "
