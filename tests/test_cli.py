@@ -193,6 +193,18 @@ def test_list_shows_every_job_oldest_first(data):
         ""])
 
 
+def test_list_shows_chosen_ids_in_full_and_generated_ones_short(data):
+    for job_id in ("nightly-build-1", "nightly-build-2", "12345678"):
+        ok(data, "enqueue", json.dumps({"id": job_id, "command": "true"}))
+    ok(data, "enqueue", '{"id":"after-both","command":"true"}', "--after", "nightly-build-1,nightly-build-2")
+    generated = enqueued_id(ok(data, "enqueue", "true", "--after", "12345678"))
+    out = ok(data, "list", "--wide")
+    for job_id in ("nightly-build-1", "nightly-build-2", "nightly-build-1,nightly-build-2"):
+        assert job_id in out
+    row = next(line for line in out.splitlines() if line.startswith(generated[:8]))
+    assert generated not in row and "12345678" in row
+
+
 def test_list_cuts_long_commands(data):
     ok(data, "enqueue", '{"id":"long","command":"echo ' + "x" * 60 + '"}')
     row = ok(data, "list").splitlines()[2]
