@@ -695,25 +695,25 @@ def _read_output(path: str, tail: int | None) -> bytes:
 
 
 def _follow(app: App, job_id: str, attempt: int, path: str) -> None:
-    """Prints new output as it arrives, until the attempt is over."""
-    pos = 0
+    """Prints new output as it arrives, until the attempt is over. Output cut to the cap's tail
+    meanwhile is not printed twice: what was cut unseen is noted as `logs` notes it."""
+    from .core.output import CUT_NOTE, read_from
+    sent = 0  # bytes of the stream printed so far, counted from its first byte
+    last = b"\n"
     while True:
         job = app.manager.storage.get(job_id)
         running = job is not None and job.state is JobState.PROCESSING and job.attempts == attempt
-        try:
-            with open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                if f.tell() < pos:
-                    pos = 0  # the file was cut to its tail: start again from its top
-                f.seek(pos)
-                chunk = f.read()
-                pos = f.tell()
-        except FileNotFoundError:
-            chunk = b""
+        base, chunk = read_from(path, sent)
+        if base > sent:
+            sys.stdout.buffer.write(CUT_NOTE % (base - sent))
+        sent = base + len(chunk)
         if chunk:
             sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
+            last = chunk[-1:]
+        sys.stdout.flush()
         if not running:
+            if last != b"\n":
+                sys.stdout.buffer.write(b"\n")  # as `logs` ends
             return
         time.sleep(0.2)
 

@@ -79,6 +79,27 @@ def test_logs_follow_streams_a_running_job(proc):
     assert out == "line-1\nline-2\nline-3\n"
 
 
+def test_logs_follow_prints_nothing_twice_while_the_output_is_cut(proc):
+    """Output cut to its tail while followed: what was printed is not printed again, what was cut
+    unseen is noted, and every line comes in order, ending with the last."""
+    proc("config", "set", "log_max_bytes", "1000")
+    job = proc.enqueue("i=0; while [ $i -lt 400 ]; do echo line$i; i=$((i+1)); sleep 0.004; done; printf end")
+    run = proc.popen("start", "--count", "1")
+    try:
+        assert wait_for(lambda: proc.counts()["processing"] == 1, timeout=20)
+        out = proc("logs", job, "--follow", timeout=30).stdout
+    finally:
+        proc("stop")
+        run.wait(timeout=20)
+    lines = out.splitlines()
+    assert lines[-1] == "end" and out.endswith("end\n")
+    numbers = [int(line[4:]) for line in lines if line.startswith("line")]
+    assert numbers == sorted(set(numbers)) and numbers[-1] == 399, out
+    notes = [line for line in lines if line.startswith("[queuectl: ")]
+    assert len(numbers) + len(notes) + 1 == len(lines)
+    assert len(numbers) == 400 or notes  # lines missing only where a cut is noted
+
+
 def test_dlq_list_shows_the_last_stderr_line(ran):
     proc, _, dead = ran
     row = next(line for line in proc("dlq", "list").stdout.splitlines() if dead in line)

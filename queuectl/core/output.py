@@ -7,6 +7,7 @@ a file passes 2 x cap it is rewritten as a note of what was cut plus the last `c
 from __future__ import annotations
 
 import os
+import re
 import select
 from typing import IO
 
@@ -14,6 +15,25 @@ CHUNK = 65536
 CUT_NOTE = b"[queuectl: %d earlier bytes cut]\n"
 
 
+def read_from(path: str, sent: int) -> tuple[int, bytes]:
+    """What an output file holds from byte `sent` of the stream on, for a reader that follows it
+    while it grows and is cut: (the stream offset of the first byte returned, the bytes).
+
+    The offset is above `sent` when bytes were cut before they were read. A missing file holds
+    nothing yet.
+    """
+    try:
+        with open(path, "rb") as f:
+            note = _CUT_LINE.match(f.read(64))
+            base, start = (int(note[1]), note.end()) if note else (0, 0)
+            skip = max(0, sent - base)
+            f.seek(start + skip)
+            return base + skip, f.read()
+    except FileNotFoundError:
+        return sent, b""
+
+
+_CUT_LINE = re.compile(re.escape(CUT_NOTE).replace(b"%d", rb"(\d{1,20})"))
 class CappedFile:
     """An append-only file that keeps only the last `cap` bytes once it passes 2 x cap."""
 
