@@ -485,6 +485,19 @@ def test_command_elsewhere_with_token(data_dir, fake_waitress):
     assert not guard.read_only and guard.token == "tok-42"
 
 
+@pytest.mark.parametrize("host", ["bad host", "", "a_b", "x..y", "-x"])
+def test_command_refuses_a_host_that_is_no_address_or_name(data_dir, host):
+    result = dashboard_cli(data_dir, "--host", host, "--port", "0")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "neither an IP address nor a host name" in result.stderr and not result.stdout
+
+
+def test_command_on_a_name_that_does_not_resolve_gives_one_line(data_dir):
+    result = dashboard_cli(data_dir, "--host", "no-such-host.invalid", "--port", "0")
+    assert result.exit_code == 1 and not result.stdout
+    assert result.stderr == "Error: cannot listen on no-such-host.invalid:0: no such address\n"
+
+
 def test_command_without_the_extra_says_what_to_install(data_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "waitress", None)
     result = dashboard_cli(data_dir)

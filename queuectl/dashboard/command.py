@@ -4,6 +4,7 @@ Importing this module loads neither Flask nor waitress, so the CLI works without
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -29,13 +30,32 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def check_host(_ctx: Any, _param: Any, host: str) -> str:
+    """An IP address or a host name, refused as a usage error before anything is printed."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        return host
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(host):
+        raise click.BadParameter(f"{host!r} is neither an IP address nor a host name")
+    return host
+
+
 def url_of(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/"
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, callback=check_host,
+              help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Port to listen on (0: any free port).")
 @click.option("--token", envvar=TOKEN_ENV, metavar="TOKEN",
@@ -63,6 +83,13 @@ def dashboard(app: Any, host: str, port: int, token: str | None) -> None:
     local = is_loopback(host)
     manager = app.manager
     manager.counts()  # fails here, in one line, if the store cannot be read
+    web = create_app(manager, token=token, read_only=not local and token is None, loopback_only=local)
+    try:
+        server = create_server(web, host=host, port=port, threads=THREADS, ident="queuectl")
+    except OSError as e:
+        raise QueuectlError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    except ValueError:  # waitress, for a name that does not resolve
+        raise QueuectlError(f"cannot listen on {host}:{port}: no such address") from None
     if not local and token is None:
         click.echo(f"Warning: the dashboard listens on {host} without a token: anyone who can reach it "
                    "sees every job and its output; it is read-only (retry and purge are refused). "
@@ -70,11 +97,6 @@ def dashboard(app: Any, host: str, port: int, token: str | None) -> None:
     elif not local:
         click.echo("Warning: plain HTTP: the token and job data cross the network unencrypted "
                    "(put a TLS proxy in front).", err=True)
-    web = create_app(manager, token=token, read_only=not local and token is None, loopback_only=local)
-    try:
-        server = create_server(web, host=host, port=port, threads=THREADS, ident="queuectl")
-    except OSError as e:
-        raise QueuectlError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
     for bound_host, bound_port in listening:
         click.echo(f"Dashboard: {url_of(str(bound_host), int(bound_port))}")
