@@ -860,6 +860,7 @@ def config(ctx: click.Context, key: str | None, value: str | None, as_json: bool
     if ctx.invoked_subcommand is not None:
         if key is not None or value is not None:
             raise click.UsageError("--key/--value cannot be combined with a subcommand")
+        ctx.meta["config_json"] = as_json  # `config --json get KEY` as `config get KEY --json`
         return
     app: App = ctx.obj
     if as_json and key is None and value is None:
@@ -871,32 +872,37 @@ def config(ctx: click.Context, key: str | None, value: str | None, as_json: bool
         return
     if key is None or value is None:
         raise click.UsageError("--key and --value go together")
-    _set(app, key, value)
+    _set(app, key, value, as_json)
 
 
-def _set(app: App, key: str, value: str) -> None:
+def _set(app: App, key: str, value: str, as_json: bool) -> None:
     key, typed = app.manager.set_config(key, value)
-    click.echo(f"Set {key} = {Config.format(typed)}")
+    if as_json or click.get_current_context().meta.get("config_json"):
+        _emit({"key": key, "value": typed})
+    else:
+        click.echo(f"Set {key} = {Config.format(typed)}")
 
 
 @config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
+@JSON
 @pass_app
-def config_set(app: App, key: str, value: str) -> None:
+def config_set(app: App, key: str, value: str, as_json: bool) -> None:
     """Change one setting (dashes or underscores).
 
     \b
     Example:
       queuectl config set max-retries 5
     """
-    _set(app, key, value)
+    _set(app, key, value, as_json)
 
 
 @config.command("get")
 @click.argument("key")
+@JSON
 @pass_app
-def config_get(app: App, key: str) -> None:
+def config_get(app: App, key: str, as_json: bool) -> None:
     """Print one setting's value.
 
     \b
@@ -904,7 +910,12 @@ def config_get(app: App, key: str) -> None:
       queuectl config get max_retries
     """
     from .core.utils.config import normalize_key
-    click.echo(Config.format(getattr(app.manager.config, normalize_key(key))))
+    key = normalize_key(key)
+    value = getattr(app.manager.config, key)
+    if as_json or click.get_current_context().meta.get("config_json"):
+        _emit({"key": key, "value": value})
+    else:
+        click.echo(Config.format(value))
 
 
 def _table(rows: list[list[Any]], headers: list[str], numbers: tuple[int, ...] = ()) -> str:

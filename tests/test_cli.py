@@ -432,6 +432,16 @@ def test_config_key_value_sets_a_value(data):
     assert "max_retries = 5\n" in ok(data, "config")
 
 
+def test_config_get_and_set_print_json_when_asked(data):
+    for args in (["config", "--json", "--key", "max-retries", "--value", "5"],
+                 ["config", "set", "max_retries", "5", "--json"], ["config", "--json", "set", "max_retries", "5"]):
+        assert json.loads(ok(data, *args)) == {"key": "max_retries", "value": 5}
+    changed = json.loads(ok(data, "config", "set", "no-retry-on", "2,3", "--json"))
+    assert changed == {"key": "no_retry_on", "value": [2, 3]}
+    for args in (["config", "get", "no_retry_on", "--json"], ["config", "--json", "get", "no-retry-on"]):
+        assert json.loads(ok(data, *args)) == {"key": "no_retry_on", "value": [2, 3]}
+
+
 def test_config_set_and_get_accept_dashes(data):
     assert ok(data, "config", "set", "max-retries", "5") == "Set max_retries = 5\n"
     assert ok(data, "config", "get", "max-retries") == "5\n"
