@@ -67,6 +67,16 @@ def test_delay_forms(manager, spec, expected):
     assert job.due_at - time.time() == pytest.approx(expected, abs=5)
 
 
+def test_a_time_given_as_an_option_replaces_the_specs(manager):
+    """Options override the spec, the time included, whichever form each gives it in."""
+    job = manager.enqueue('{"command":"true","delay":"5m"}', run_at="2035-01-01T00:00:00Z")
+    assert job.due_at == epoch("2035-01-01T00:00:00Z")
+    job = manager.enqueue('{"command":"true","run_at":"2035-01-01T00:00:00Z"}', delay="1h")
+    assert job.due_at - time.time() == pytest.approx(3600, abs=5)
+    job = manager.enqueue('{"command":"true","delay":"5m"}', priority=3)
+    assert job.due_at - time.time() == pytest.approx(300, abs=5)
+
+
 @pytest.mark.parametrize("options", [{"delay": "soon"}, {"delay": -5}, {"run_at": "tomorrow"},
                                      {"run_at": "2026-01-01", "delay": "5m"}, {"priority": 10**9},
                                      {"timeout": -1}, {"no_retry_on": [256]}, {"after": ["../x"]},

@@ -106,7 +106,11 @@ class QueueManager:
         if max_retries is not None:
             given["max_retries"] = max_retries
         if given:  # `enqueue --file` gives none, and checks thousands of lines
-            spec.update(check_spec(given))
+            checked = check_spec(given)
+            if "run_at" in checked or "delay" in checked:  # the option's time replaces the spec's
+                spec.pop("run_at", None)
+                spec.pop("delay", None)
+            spec.update(checked)
         if "run_at" in spec and "delay" in spec:
             raise ValidationError("give run_at or delay, not both")
         job = Job.new(spec["command"], spec.get("max_retries", self.config.max_retries),
