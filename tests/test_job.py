@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from queuectl.core.errors import ValidationError
-from queuectl.core.job import Job, JobState, backoff_delay, parse_spec, validate_id
+from queuectl.core.job import Job, JobState, backoff_delay, parse_iso, parse_spec, validate_id
 
 
 @pytest.mark.parametrize("failures,expected", [(0, 0), (1, 2), (2, 4), (3, 8), (10, 1024)])
@@ -98,6 +98,9 @@ def test_now_iso_formats_as_datetime_does_at_the_edges():
     for ts in edges:
         assert now_iso(ts) == reference(ts), ts
     assert now_iso(1796063264.0339) == "2026-11-30T18:27:44.033Z"
+    for early in ("0001-01-01T00:00:00Z", "0999-12-31T23:59:59Z"):  # a four-digit year, as ISO 8601 has it
+        assert now_iso(parse_iso(early)) == early.replace("Z", ".000Z")
+        assert parse_iso(now_iso(parse_iso(early))) == parse_iso(early)
 
 
 def test_every_setting_reads_as_an_attribute_and_none_hides_a_method():

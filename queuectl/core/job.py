@@ -75,7 +75,8 @@ def now_iso(ts: float | None = None) -> str:
         ts = time.time()
     if not 0 <= ts < _GMTIME_MAX:  # outside what every platform's gmtime takes
         dt = datetime.fromtimestamp(ts, tz=timezone.utc)
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+        # %Y does not pad: the year 1 came out as "1-01-01", which no ISO 8601 reader takes
+        return f"{dt.year:04d}" + dt.strftime("-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
     seconds = int(ts)
     micros = round((ts - seconds) * 1e6)  # rounded as datetime rounds, then cut to milliseconds
     if micros >= 1_000_000:
