@@ -169,6 +169,8 @@ def _csv(value: str | None, kind: type = str, hint: str = "", empty_ok: bool = F
     if not all(parts):  # `--after ''` or `2,,3`: a slip, not "nothing"
         raise click.BadParameter(f"'{value}' has an empty item", param_hint=hint or None)
     try:
+        if kind is not str and not value.isascii():
+            raise ValueError(value)  # int() takes any script's digits; the settings take ASCII ones
         return [kind(p) for p in parts]
     except ValueError:
         raise click.BadParameter(f"'{value}' is not a comma-separated list of numbers", param_hint=hint) from None

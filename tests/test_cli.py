@@ -595,6 +595,14 @@ BAD_INPUT = [
     usage("enqueue", "echo hi", "--no-retry-on", "0"),  # success: a job never fails with it
     usage("enqueue", '{"command":"echo hi","no_retry_on":[0,2]}'),
     usage("config", "set", "no_retry_on", "0,2"),
+    usage("config", "set", "no_retry_on", "2,,3"),  # refused as --no-retry-on refuses it
+    usage("config", "set", "no_retry_on", "\u00b2"),  # isdigit() takes it, int() does not
+    usage("config", "set", "keep_completed", "\u00b2"),
+    usage("config", "set", "max_retries", "\u0663"),  # int() takes an Arabic-Indic 3
+    usage("config", "set", "keep_completed", "\u0663d"),
+    usage("config", "set", "keep_completed", "0d"),  # would delete every completed job; 0 keeps all
+    usage("enqueue", "echo hi", "--delay", "\u0663m"),
+    usage("enqueue", "echo hi", "--no-retry-on", "\u0663"),
     # runtime errors: the input is well formed but the store says no
     runtime("dlq", "retry", "nope"),
     runtime("dlq", "retry", "alpha"),

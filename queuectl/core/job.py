@@ -370,7 +370,7 @@ def parse_duration(value: Any, what: str = "duration") -> float:
         raise ValidationError(f"{what} must be a number of seconds or like 90s, 5m, 2h, 1d")
     if isinstance(value, (int, float)):
         seconds = float(value)
-    elif isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*[smhdw]?\s*", value):
+    elif isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]+)?\s*[smhdw]?\s*", value):
         text = value.strip()
         unit = text[-1] if text[-1] in DURATION_UNITS else "s"
         seconds = float(text.rstrip("smhdw").strip()) * DURATION_UNITS[unit]

@@ -73,8 +73,13 @@ def normalize_key(key: str) -> str:
     return k
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: isdigit() also takes '²', which int() refuses, and int() takes '٣'."""
+    return text.isascii() and text.isdigit()
+
+
 def _number(text: str, kind: type) -> float:
-    if "_" in text:
+    if "_" in text or not text.isascii():
         raise ConfigError(f"'{text}' is not {'a number' if kind is float else 'a whole number'}")
     try:
         value = float(text) if kind is float else int(text)
@@ -117,10 +122,16 @@ def parse_value(key: str, raw: Any) -> Any:
 
 
 def _exit_codes(key: str, raw: Any) -> list[int]:
-    items = raw if isinstance(raw, list) else [p for p in str(raw).replace(" ", "").split(",") if p]
+    if isinstance(raw, list):
+        items = raw
+    else:
+        text = str(raw).replace(" ", "")
+        items = text.split(",") if text else []
+        if "" in items:  # `2,,3`: a slip, refused as `enqueue --no-retry-on` refuses it
+            raise ConfigError(f"{key}: '{raw}' has an empty item")
     codes = []
     for item in items:
-        if isinstance(item, bool) or not (isinstance(item, int) or str(item).isdigit()) or not 1 <= int(item) <= 255:
+        if isinstance(item, bool) or not (isinstance(item, int) or _digits(str(item))) or not 1 <= int(item) <= 255:
             # 0 is success: a job never fails with it
             raise ConfigError(f"{key} must be a comma-separated list of failing exit codes 1-255, not '{raw}'")
         codes.append(int(item))
@@ -129,15 +140,17 @@ def _exit_codes(key: str, raw: Any) -> list[int]:
 
 def _count_or_age(key: str, raw: Any) -> int | str:
     text = str(raw).strip().lower()
-    if text.isdigit() and not isinstance(raw, bool):
+    if _digits(text) and not isinstance(raw, bool):
         if int(text) > 10**9:
             raise ConfigError(f"{key} must be at most 1000000000")
         return int(text)
-    if len(text) > 1 and text[:-1].isdigit() and text[-1] in "smhdw":
+    if len(text) > 1 and _digits(text[:-1]) and text[-1] in "smhdw":
         try:
-            parse_duration(text, key)  # what trimming reads it with: an age it refuses is refused here
+            age = parse_duration(text, key)  # what trimming reads it with: an age it refuses is refused here
         except ValidationError as e:
             raise ConfigError(str(e)) from None
+        if not age:  # unlike 0, which keeps all, it would delete every completed job each minute
+            raise ConfigError(f"{key} '{raw}' would keep no completed job: give 0 to keep all, or a longer age")
         return text
     raise ConfigError(f"{key} must be a count (e.g. 10000) or an age (e.g. 7d), not '{raw}'")
 
