@@ -12,6 +12,7 @@ from datetime import datetime
 
 import pytest
 
+from queuectl.core import queue
 from queuectl.core.errors import InvalidStateError, JobNotFoundError, ValidationError
 from queuectl.core.job import JobState
 from queuectl.core.queue import Outcome
@@ -228,11 +229,37 @@ def test_a_job_whose_failed_dependency_was_purged_is_never_run(manager, worker):
     drain(worker)
     manager.enqueue('{"id":"deploy","command":"true"}', after=["build"])
     manager.purge_dead("build")
-    with pytest.raises(InvalidStateError, match="waits for job build, which failed and was purged"):
+    assert manager.storage.get("deploy").last_error == "Dependency build was purged from the DLQ"
+    with pytest.raises(InvalidStateError, match="waits for job build, which was purged from the DLQ"):
         manager.retry_dead("deploy")
     assert manager.retry_all_dead().left[0][0] == "deploy"
     drain(worker)
     assert manager.storage.get("deploy").state is JobState.DEAD
+
+
+def test_the_retry_of_another_dependency_does_not_run_a_job_whose_dependency_was_purged(manager, worker, tmp_path):
+    """C waits for A and B; both die, A is purged; B's retry must not bring C back to run."""
+    flag = tmp_path / "flag"
+    manager.enqueue('{"id":"A","command":"exit 1","max_retries":0}', delay=3600)
+    manager.enqueue(json.dumps({"id": "B", "command": f"test -f {flag} || {{ touch {flag}; exit 1; }}",
+                                "max_retries": 0}))
+    manager.enqueue('{"id":"C","command":"true"}', after=["A", "B"])
+    drain(worker)
+    manager.cancel("A")
+    manager.purge_dead("A")
+    manager.retry_dead("B")
+    drain(worker)
+    assert manager.storage.get("B").state is JobState.COMPLETED
+    c = manager.storage.get("C")
+    assert c.state is JobState.DEAD and c.attempts == 0 and c.last_error == "Dependency A was purged from the DLQ"
+
+
+def test_purging_the_dlq_whole_leaves_no_dependant_to_run(manager, worker):
+    manager.enqueue('{"id":"A","command":"exit 1","max_retries":0}')
+    drain(worker)
+    manager.enqueue('{"id":"C","command":"true"}', after=["A"])
+    assert manager.purge(JobState.DEAD) == 2
+    assert manager.storage.get("C") is None and manager.retry_all_dead().retried == []
 
 
 def test_a_job_whose_completed_dependency_was_purged_can_be_retried(manager, worker):
@@ -242,6 +269,40 @@ def test_a_job_whose_completed_dependency_was_purged_can_be_retried(manager, wor
     manager.purge(JobState.COMPLETED)
     assert manager.storage.get("build") is None
     assert manager.retry_dead("deploy").state is JobState.PENDING
+
+
+def test_a_dependency_that_completed_after_a_retry_and_was_purged_does_not_block(manager, worker, tmp_path):
+    """C died because A did; A was retried and completed while C stayed in the DLQ (another job
+    held its unique key), then A was purged as completed: C may be retried."""
+    flag = tmp_path / "flag"
+    manager.enqueue(json.dumps({"id": "A", "command": f"test -f {flag} || {{ touch {flag}; exit 1; }}",
+                                "max_retries": 0}))
+    manager.enqueue('{"id":"C","command":"true","unique_key":"k"}', after=["A"])
+    drain(worker)
+    assert manager.storage.get("C").last_error == "Dependency A failed"
+    manager.enqueue('{"id":"E","command":"true","unique_key":"k"}')
+    manager.retry_dead("A")
+    drain(worker)
+    assert manager.storage.get("C").state is JobState.DEAD  # E held the key when A came back
+    manager.purge(JobState.COMPLETED)
+    assert manager.storage.get("A") is None
+    assert manager.retry_dead("C").state is JobState.PENDING
+    drain(worker)
+    assert manager.storage.get("C").state is JobState.COMPLETED
+
+
+def test_a_purged_jobs_unique_key_is_free_at_once(manager, worker):
+    """Its reservation no longer counts as an enqueue still writing its job (which made the
+    next taker wait out UNIQUE_GRACE, 30 s)."""
+    manager.enqueue('{"id":"E","command":"true","unique_key":"k"}')
+    manager.enqueue('{"id":"D","command":"exit 1","max_retries":0,"unique_key":"d"}')
+    drain(worker)
+    manager.purge(JobState.COMPLETED)
+    manager.purge_dead("D")
+    assert manager.storage.unique_holder("k") == "E@0" and manager.storage.unique_holder("d") == "D@0"
+    began = time.monotonic()
+    assert manager.submit('{"id":"F","command":"true","unique_key":"k"}')[1] is False
+    assert time.monotonic() - began < 0.5 * queue.UNIQUE_GRACE  # not a timing claim: a hang is 30 s
 
 
 def test_a_job_waiting_for_two_dead_dependencies_comes_back_when_neither_is_dead(manager):

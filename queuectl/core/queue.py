@@ -180,13 +180,29 @@ class QueueManager:
         return next((ref for ref in job.after if (d := self.storage.get(ref)) is not None and d.state is DEAD), None)
 
     def _purged_dependency(self, job: Job) -> str | None:
-        """The dependency the job died for, if that job has been purged since.
-
-        A missing dependency is taken as done elsewhere (completed, then purged by
-        `keep_completed`), but not one this job died for: it never completed.
-        """
-        return next((ref for ref in job.after if job.last_error == f"Dependency {ref} failed"
+        """The dependency that was purged from the DLQ while the job waited for it, if it is
+        still gone (see `_orphan_dependants`)."""
+        return next((ref for ref in job.after if job.last_error == purged_error(ref)
                      and self.storage.get(ref) is None), None)
+
+    def _orphan_dependants(self, job: Job) -> None:
+        """Before a dead job is deleted: the jobs in the DLQ that wait for it are marked, so that
+        neither their retry nor another dependency's runs them. A missing dependency counts as
+        completed (one that `keep_completed` purged); this one never completed.
+
+        Marked first: a purge killed between the two leaves the dependency in the DLQ, and the
+        marked jobs where they were, to be retried by hand once it is back.
+        """
+        if job.state is not DEAD:
+            return
+        for ref in self.storage.dependants(job.id):
+            dependant = self.storage.get(ref)
+            if dependant is None or dependant.state is not DEAD or job.id not in dependant.after:
+                continue
+            try:
+                self.storage.update(dependant, dependant.evolve(last_error=purged_error(job.id)))
+            except ConflictError:
+                continue  # retried or purged meanwhile
 
     def _add_with_dependencies(self, job: Job) -> None:
         deps = [self.storage.get(ref) for ref in job.after]
@@ -479,7 +495,7 @@ class QueueManager:
             raise InvalidStateError(f"job {job.id} waits for job {dead}, which is in the DLQ: retry {dead} first")
         gone = self._purged_dependency(job)
         if gone is not None:
-            raise InvalidStateError(f"job {job.id} waits for job {gone}, which failed and was purged: "
+            raise InvalidStateError(f"job {job.id} waits for job {gone}, which was purged from the DLQ: "
                                     f"it cannot run (enqueue it again without that dependency)")
         holder = self._other_holder(job)
         if holder is not None:
@@ -558,7 +574,9 @@ class QueueManager:
         removed = 0
         for job in jobs:
             try:
+                self._orphan_dependants(job)
                 self.storage.delete(job)
+                self._release_unique(job)
                 removed += 1
             except ConflictError:
                 continue  # moved meanwhile (retried, already purged)
@@ -569,11 +587,23 @@ class QueueManager:
         job = self._resolve_settled(ref)
         if job.state is not DEAD:
             raise InvalidStateError(f"job {job.id} is {job.state.value}, not in the DLQ")
+        self._orphan_dependants(job)
         try:
             self.storage.delete(job)
         except ConflictError:
             raise InvalidStateError(f"job {job.id} left the DLQ while we purged it") from None
+        self._release_unique(job)
         return job
+
+    def _release_unique(self, job: Job) -> None:
+        """Frees a deleted job's unique key at once: a reservation with no job behind it counts
+        as an enqueue still writing its job for UNIQUE_GRACE seconds, and the next job to take
+        the key (a `dlq retry`, an enqueue) waited that long."""
+        if not job.unique_key:
+            return
+        raw = self.storage.unique_holder(job.unique_key)
+        if raw is not None and raw.partition("@")[0] == job.id:
+            self.storage.reserve_unique(job.unique_key, f"{job.id}@0", raw)  # reserved long ago
 
     def trim_completed(self) -> int:
         """Applies `keep_completed`: a count of jobs to keep, or an age like 7d; 0 keeps all."""
@@ -598,6 +628,11 @@ class QueueManager:
         if running or self.storage.exists():  # `stop` alone does not create a store
             self.storage.request_stop(force)
         return running
+
+
+def purged_error(job_id: str) -> str:
+    """The last error of a job in the DLQ whose dependency `job_id` was purged from it."""
+    return f"Dependency {job_id} was purged from the DLQ"
 
 
 def _float(text: str) -> float:
