@@ -697,25 +697,17 @@ def _read_output(path: str, tail: int | None) -> bytes:
 
 
 def _follow(app: App, job_id: str, attempt: int, path: str) -> None:
-    """Prints new output as it arrives, until the attempt is over. Output cut to the cap's tail
-    meanwhile is not printed twice: what was cut unseen is noted as `logs` notes it."""
-    from .core.output import CUT_NOTE, read_from
-    sent = 0  # bytes of the stream printed so far, counted from its first byte
-    last = b"\n"
+    """Prints new output as it arrives, until the attempt is over (see `Follower`)."""
+    from .core.output import Follower
+    follower = Follower(path)
     while True:
         job = app.manager.storage.get(job_id)
         running = job is not None and job.state is JobState.PROCESSING and job.attempts == attempt
-        base, chunk = read_from(path, sent)
-        if base > sent:
-            sys.stdout.buffer.write(CUT_NOTE % (base - sent))
-        sent = base + len(chunk)
-        if chunk:
-            sys.stdout.buffer.write(chunk)
-            last = chunk[-1:]
+        sys.stdout.buffer.write(follower.poll())
+        if not running:
+            sys.stdout.buffer.write(follower.end())
         sys.stdout.flush()
         if not running:
-            if last != b"\n":
-                sys.stdout.buffer.write(b"\n")  # as `logs` ends
             return
         time.sleep(0.2)
 

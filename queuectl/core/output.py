@@ -20,20 +20,60 @@ def read_from(path: str, sent: int) -> tuple[int, bytes]:
     while it grows and is cut: (the stream offset of the first byte returned, the bytes).
 
     The offset is above `sent` when bytes were cut before they were read. A missing file holds
-    nothing yet.
+    nothing yet; so does one caught being cut (tried again a few times first).
     """
-    try:
-        with open(path, "rb") as f:
-            note = _CUT_LINE.match(f.read(64))
-            base, start = (int(note[1]), note.end()) if note else (0, 0)
-            skip = max(0, sent - base)
-            f.seek(start + skip)
-            return base + skip, f.read()
-    except FileNotFoundError:
-        return sent, b""
+    for _ in range(READ_TRIES):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(64)
+                if not head:  # nothing yet, or caught between a cut's truncation and its write
+                    return sent, b""
+                note = _CUT_LINE.match(head)
+                base, start = (int(note[1]), note.end()) if note else (0, 0)
+                skip = max(0, sent - base)
+                f.seek(start + skip)
+                data = f.read()
+                f.seek(0)
+                again = f.read(len(head))
+        except FileNotFoundError:
+            return sent, b""
+        # `CappedFile._compact` rewrites the file in place, and its note's count only grows: the
+        # same head before and after means no cut came between, so `data` is at `base + skip`.
+        if again == head:
+            return base + skip, data
+    return sent, b""
 
 
+READ_TRIES = 5
 _CUT_LINE = re.compile(re.escape(CUT_NOTE).replace(b"%d", rb"(\d{1,20})"))
+
+
+class Follower:
+    """Prints an output file as it grows and is cut (`logs --follow`): each byte once, in order,
+    and a note of the bytes cut before they could be read, on a line of its own."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.sent = 0  # bytes of the stream passed on so far, counted from its first byte
+        self.last = b"\n"
+
+    def poll(self) -> bytes:
+        """What came since the last poll."""
+        base, chunk = read_from(self.path, self.sent)
+        out = b""
+        if base > self.sent:
+            out = (b"" if self.last == b"\n" else b"\n") + CUT_NOTE % (base - self.sent)
+            self.last = b"\n"
+        self.sent = base + len(chunk)
+        if chunk:
+            self.last = chunk[-1:]
+        return out + chunk
+
+    def end(self) -> bytes:
+        """A newline if the output did not end with one, as `logs` adds."""
+        return b"" if self.last == b"\n" else b"\n"
+
+
 class CappedFile:
     """An append-only file that keeps only the last `cap` bytes once it passes 2 x cap."""
 
