@@ -14,6 +14,7 @@ from . import __version__
 from .core.errors import EXIT_RUNTIME, EXIT_USAGE, QueuectlError
 from .core.job import MAX_DELAY, JobState, printable
 from .core.utils.config import DEFAULT_STORAGE_PATH, STORAGE_ENV, Config
+from .params import Integer, Whole
 
 # When this process began, near enough: a `stop` sent after it is meant for this `start`, even
 # while the start is still importing and recovering.
@@ -178,12 +179,13 @@ def _csv(value: str | None, kind: type = str, hint: str = "", empty_ok: bool = F
 
 @cli.command()
 @click.argument("command", required=False)
-@click.option("--max-retries", type=click.IntRange(0, 1000), metavar="N",
+@click.option("--max-retries", type=Whole(0, 1000), metavar="N",
               help="Retries after the first attempt (default: config max_retries).")
-@click.option("--priority", type=int, metavar="N", help="Higher runs first (default 0); FIFO within a priority.")
+@click.option("--priority", type=Integer(), metavar="N", help="Higher runs first (default 0); FIFO within a priority.")
 @click.option("--run-at", metavar="TIME", help="Not before this ISO 8601 time (no zone: local time).")
 @click.option("--delay", metavar="DURATION", help="Not before this long from now: 90s, 5m, 2h, 1d.")
-@click.option("--timeout", type=int, metavar="SECONDS", help="This job's timeout (0 = none; default job_timeout).")
+@click.option("--timeout", type=Integer(), metavar="SECONDS",
+              help="This job's timeout (0 = none; default job_timeout).")
 @click.option("--no-retry-on", metavar="CODES", help="Exit codes that go straight to the DLQ, e.g. 2,64.")
 @click.option("--after", metavar="IDS", help="Run only after these jobs completed (ids or prefixes, comma-separated).")
 @click.option("--unique-key", metavar="KEY", help="Add nothing if a job with this key is waiting or running.")
@@ -325,7 +327,7 @@ def _stop(app: App, wait: bool = False, force: bool = False) -> None:
         click.echo(f"All workers stopped after {time.monotonic() - began:.1f}s")
 
 
-COUNT = click.option("--count", type=click.IntRange(1, 128), metavar="N",
+COUNT = click.option("--count", type=Whole(1, 128), metavar="N",
                      help="Worker processes (default: config worker_count).")
 class Seconds(click.ParamType):
     """A finite, positive number of seconds."""
@@ -334,6 +336,8 @@ class Seconds(click.ParamType):
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         try:
+            if isinstance(value, str) and not value.isascii():
+                raise ValueError(value)  # float() reads any script's digits; the rest takes ASCII ones
             number = float(value)
         except (TypeError, ValueError):
             self.fail(f"'{value}' is not a number of seconds", param, ctx)
@@ -496,8 +500,8 @@ def _watch(app: App, interval: float) -> None:
 @cli.command("list")
 @click.option("--state", type=click.Choice(STATES, case_sensitive=False), help="Only jobs in this state.")
 @click.option("--wide", is_flag=True, help="Also show priority, due time, dependencies and last error.")
-@click.option("--limit", type=click.IntRange(1), default=LIST_LIMIT, show_default=True, help="Newest N jobs.")
-@click.option("--offset", type=click.IntRange(0), default=0, help="Skip the newest N jobs first.")
+@click.option("--limit", type=Whole(1), default=LIST_LIMIT, show_default=True, help="Newest N jobs.")
+@click.option("--offset", type=Whole(0), default=0, help="Skip the newest N jobs first.")
 @JSON
 @pass_app
 def list_jobs(app: App, state: str | None, wide: bool, limit: int, offset: int, as_json: bool) -> None:
@@ -650,11 +654,11 @@ def _exit_text(entry: dict[str, Any]) -> str:
 
 @cli.command()
 @click.argument("job_id", metavar="ID", shell_complete=_complete_ids)
-@click.option("--attempt", type=click.IntRange(1), help="Which attempt (default: the latest).")
+@click.option("--attempt", type=Whole(1), help="Which attempt (default: the latest).")
 @click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
 @click.option("--all", "stream", flag_value="all", help="Show stdout and stderr, labelled.")
 @click.option("--follow", "-f", is_flag=True, help="Stream a running job's output until it ends.")
-@click.option("--tail", type=click.IntRange(0), help="Only the last N lines.")
+@click.option("--tail", type=Whole(0), help="Only the last N lines.")
 @pass_app
 def logs(app: App, job_id: str, attempt: int | None, stream: str | None, follow: bool, tail: int | None) -> None:
     """Print what a job's attempt wrote (stdout by default).

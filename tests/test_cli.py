@@ -603,6 +603,11 @@ BAD_INPUT = [
     usage("config", "set", "keep_completed", "0d"),  # would delete every completed job; 0 keeps all
     usage("enqueue", "echo hi", "--delay", "\u0663m"),
     usage("enqueue", "echo hi", "--no-retry-on", "\u0663"),
+    usage("enqueue", "echo hi", "--max-retries", "\u0663"),  # Click's int() took it as 3
+    usage("enqueue", "echo hi", "--timeout", "\u0663"),
+    usage("enqueue", "echo hi", "--priority", "\u0663"),
+    usage("list", "--limit", "\u0663"),
+    usage("start", "--timeout", "\u0663"),
     # runtime errors: the input is well formed but the store says no
     runtime("dlq", "retry", "nope"),
     runtime("dlq", "retry", "alpha"),

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..core.errors import QueuectlError
+from ..params import Whole
 
 TOKEN_ENV = "QUEUECTL_DASHBOARD_TOKEN"
 # Threads serving requests: a few browsers polling every second need few.
@@ -56,7 +57,7 @@ def url_of(host: str, port: int) -> str:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, callback=check_host,
               help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+@click.option("--port", type=Whole(0, 65535), default=8080, show_default=True,
               help="Port to listen on (0: any free port).")
 @click.option("--token", envvar=TOKEN_ENV, metavar="TOKEN",
               help=f"Changing actions (retry, purge) need this token (also ${TOKEN_ENV}).")
