@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 import time
 from typing import Any
@@ -12,7 +11,7 @@ import click
 
 from . import __version__
 from .core.errors import EXIT_RUNTIME, EXIT_USAGE, QueuectlError
-from .core.job import MAX_DELAY, JobState, printable
+from .core.job import MAX_DELAY, JobState, printable, short_id
 from .core.utils.config import DEFAULT_STORAGE_PATH, STORAGE_ENV, Config
 from .params import Integer, Whole
 
@@ -523,24 +522,15 @@ def list_jobs(app: App, state: str | None, wide: bool, limit: int, offset: int, 
         click.echo(f"No {state.lower() + ' ' if state else ''}jobs found")
         return
     headers = ["ID", "Command", "State", "Attempts", "Max Retries"]
-    rows = [[_short_id(j.id), _cut(j.command, COMMAND_WIDTH), j.state.value, j.attempts, j.max_retries] for j in jobs]
+    rows = [[short_id(j.id), _cut(j.command, COMMAND_WIDTH), j.state.value, j.attempts, j.max_retries] for j in jobs]
     if wide:
         headers += ["Priority", "Due", "After", "Last Error"]
         for row, j in zip(rows, jobs):
-            row += [j.priority, _due(j), ",".join(map(_short_id, j.after)), _cut(j.last_error or "", ERROR_WIDTH)]
+            row += [j.priority, _due(j), ",".join(map(short_id, j.after)), _cut(j.last_error or "", ERROR_WIDTH)]
     click.echo(_table(rows, headers, numbers=(3, 4, 5)))
     older = max(0, total - offset - len(jobs))
     if older:
         click.echo(f"... {older} older job(s) not shown (use --limit and --offset)")
-
-
-def _short_id(job_id: str) -> str:
-    """A generated id (a UUID) as its first 8 characters, which `show` and the rest take as a
-    prefix; an id the user chose in full, since two of them may share any prefix."""
-    return job_id[:8] if _UUID.fullmatch(job_id) else job_id
-
-
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _due(job: Any) -> str:

@@ -389,6 +389,15 @@ def test_pages_render_and_page_through(client, manager):
     assert prefix.status_code == 302
 
 
+def test_pages_show_chosen_ids_in_full_and_generated_ones_short(client, manager):
+    manager.enqueue_many(['{"id":"nightly-build-1","command":"true"}', '{"id":"nightly-build-2","command":"true"}'])
+    generated = manager.enqueue("true").id
+    page = client.get("/jobs").get_data(as_text=True)
+    assert ">nightly-build-1</a>" in page and ">nightly-build-2</a>" in page
+    assert f">{generated[:8]}</a>" in page
+    assert "<title>Job nightly-build-1" in client.get("/jobs/nightly-build-1").get_data(as_text=True)
+
+
 def test_pages_never_read_every_job(client, manager, monkeypatch):
     """Lists come from `manager.page`, which reads only the page's files: fast with 100,000 jobs."""
     manager.enqueue_many([f"echo {i}" for i in range(2000)])

@@ -90,6 +90,15 @@ def now_iso(ts: float | None = None) -> str:
     return f"{text}.{MILLIS[micros // 1000]}Z"
 
 
+def short_id(job_id: str) -> str:
+    """A job's id as listings show it: a generated one (a UUID) as its first 8 characters, which
+    every command takes as a prefix; one the user chose in full, as two may share any prefix."""
+    return job_id[:8] if _UUID.fullmatch(job_id) else job_id
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def printable(text: str, keep: str = " \t\n") -> str:
     """Job text as queuectl shows it: control and format characters (ESC, BEL, C1, bidi
     overrides) written as escapes, so a job's command, error or output cannot retitle, clear or

@@ -6,7 +6,7 @@ from typing import Any
 from flask import Blueprint, Flask, redirect, render_template, session, url_for
 
 from ..core.errors import QueuectlError
-from ..core.job import JobState
+from ..core.job import JobState, short_id
 from . import data
 from .api import int_arg, state_arg
 from .context import current
@@ -84,7 +84,7 @@ def _pager(total: int, offset: int, shown: int) -> dict[str, Any]:
 
 
 def install_filters(app: Flask) -> None:
-    app.jinja_env.filters.update(seconds=_seconds, uptime=_uptime, size=_size, ms=_ms)
+    app.jinja_env.filters.update(seconds=_seconds, uptime=_uptime, size=_size, ms=_ms, short_id=short_id)
 
 
 def _seconds(value: Any) -> str:
