@@ -494,7 +494,7 @@ def test_command_elsewhere_with_token(data_dir, fake_waitress):
     assert not guard.read_only and guard.token == "tok-42"
 
 
-@pytest.mark.parametrize("host", ["bad host", "", "a_b", "x..y", "-x"])
+@pytest.mark.parametrize("host", ["bad host", "", "x..y", "-x", "a/b"])
 def test_command_refuses_a_host_that_is_no_address_or_name(data_dir, host):
     result = dashboard_cli(data_dir, "--host", host, "--port", "0")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
@@ -505,6 +505,13 @@ def test_command_on_a_name_that_does_not_resolve_gives_one_line(data_dir):
     result = dashboard_cli(data_dir, "--host", "no-such-host.invalid", "--port", "0")
     assert result.exit_code == 1 and not result.stdout
     assert result.stderr == "Error: cannot listen on no-such-host.invalid:0: no such address\n"
+
+
+@pytest.mark.parametrize("host,loopback", [("127.1", True), ("0x7f.1", True), ("localhost.", True), ("::1", True),
+                                           ("[::1]", True), ("10.1", False), ("db_1", False), ("example.com", False)])
+def test_loopback_forms_are_told_apart(host, loopback):
+    from queuectl.dashboard.command import check_host, is_loopback
+    assert check_host(None, None, host) == host and is_loopback(host) is loopback
 
 
 def test_command_without_the_extra_says_what_to_install(data_dir, monkeypatch):

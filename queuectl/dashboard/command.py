@@ -21,18 +21,24 @@ MISSING_EXTRA = ("the dashboard needs Flask and waitress: install the dashboard 
 
 def is_loopback(host: str) -> bool:
     """Whether binding `host` keeps the dashboard on this machine (localhost, 127.0.0.0/8, ::1)."""
-    if host.strip().lower() == "localhost":
+    if host.strip().lower() in ("localhost", "localhost."):
         return True
     import ipaddress  # this module loads with every CLI call; the dashboard rarely runs
+    import socket
 
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
+        pass
+    try:  # the short IPv4 forms that inet_aton and so the server take: 127.1, 0x7f.1
+        return ipaddress.ip_address(socket.inet_aton(host)).is_loopback
+    except (OSError, ValueError):
         return False  # a host name: it may resolve to anything
 
 
-_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+# Underscores too: not in DNS names, but in names that /etc/hosts or a container network resolve.
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
 
 
 def check_host(_ctx: Any, _param: Any, host: str) -> str:
