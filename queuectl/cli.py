@@ -844,6 +844,7 @@ def config(ctx: click.Context, key: str | None, value: str | None, as_json: bool
       queuectl config --key max_retries --value 5
       queuectl config set backoff-base 3
       queuectl config get max_retries
+      queuectl config get max_retries --json
     """
     if ctx.invoked_subcommand is not None:
         if key is not None or value is not None:
