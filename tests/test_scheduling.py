@@ -254,6 +254,34 @@ def test_the_retry_of_another_dependency_does_not_run_a_job_whose_dependency_was
     assert c.state is JobState.DEAD and c.attempts == 0 and c.last_error == "Dependency A was purged from the DLQ"
 
 
+def test_every_purged_dependency_is_remembered_and_a_new_job_of_one_id_does_not_stand_in(manager, worker):
+    manager.enqueue('{"id":"A","command":"exit 1","max_retries":0}')
+    manager.enqueue('{"id":"B","command":"exit 1","max_retries":0}')
+    manager.enqueue('{"id":"C","command":"true"}', after=["A", "B"])
+    drain(worker)
+    manager.purge_dead("A")
+    manager.purge_dead("B")
+    assert manager.storage.get("C").last_error == "Dependencies A, B were purged from the DLQ"
+    manager.enqueue('{"id":"B","command":"true"}')
+    drain(worker)
+    with pytest.raises(InvalidStateError, match="waits for job A, which was purged from the DLQ"):
+        manager.retry_dead("C")
+
+
+def test_a_dead_job_of_a_reused_id_does_not_mark_a_job_that_ran(manager, worker):
+    """C ran after the first A completed and failed on its own; a later A of the same id that
+    dies and is purged is not the dependency C waited for."""
+    manager.enqueue('{"id":"A","command":"true"}')
+    manager.enqueue('{"id":"C","command":"exit 3","max_retries":0}', after=["A"])
+    drain(worker)
+    manager.purge(JobState.COMPLETED)
+    manager.enqueue('{"id":"A","command":"exit 1","max_retries":0}')
+    drain(worker)
+    manager.purge_dead("A")
+    assert manager.storage.get("C").last_error.startswith("Exit code 3")
+    assert manager.retry_dead("C").state is JobState.PENDING
+
+
 def test_purging_the_dlq_whole_leaves_no_dependant_to_run(manager, worker):
     manager.enqueue('{"id":"A","command":"exit 1","max_retries":0}')
     drain(worker)

@@ -1,6 +1,7 @@
 """QueueManager: the queue's rules (retries, backoff, the DLQ, recovery) over any Storage."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -180,27 +181,31 @@ class QueueManager:
         return next((ref for ref in job.after if (d := self.storage.get(ref)) is not None and d.state is DEAD), None)
 
     def _purged_dependency(self, job: Job) -> str | None:
-        """The dependency that was purged from the DLQ while the job waited for it, if it is
+        """A dependency that was purged from the DLQ while the job waited for it, if it is
         still gone (see `_orphan_dependants`)."""
-        return next((ref for ref in job.after if job.last_error == purged_error(ref)
-                     and self.storage.get(ref) is None), None)
+        return next((ref for ref in purged_dependencies(job) if self.storage.get(ref) is None), None)
 
     def _orphan_dependants(self, job: Job) -> None:
         """Before a dead job is deleted: the jobs in the DLQ that wait for it are marked, so that
         neither their retry nor another dependency's runs them. A missing dependency counts as
         completed (one that `keep_completed` purged); this one never completed.
 
-        Marked first: a purge killed between the two leaves the dependency in the DLQ, and the
-        marked jobs where they were, to be retried by hand once it is back.
+        Only jobs that never ran: one that ran found its dependencies completed, and a dead job
+        of the same id, enqueued after the first was purged, is not the one it waited for. The
+        mark names every dependency purged so far. It is written first: a purge killed between
+        the two leaves the dependency in the DLQ and the marked jobs where they were, to be
+        retried by hand once it is back.
         """
         if job.state is not DEAD:
             return
         for ref in self.storage.dependants(job.id):
             dependant = self.storage.get(ref)
-            if dependant is None or dependant.state is not DEAD or job.id not in dependant.after:
+            if dependant is None or dependant.state is not DEAD or job.id not in dependant.after \
+                    or dependant.history:
                 continue
+            gone = [d for d in dependant.after if d == job.id or d in purged_dependencies(dependant)]
             try:
-                self.storage.update(dependant, dependant.evolve(last_error=purged_error(job.id)))
+                self.storage.update(dependant, dependant.evolve(last_error=purged_error(gone)))
             except ConflictError:
                 continue  # retried or purged meanwhile
 
@@ -630,9 +635,20 @@ class QueueManager:
         return running
 
 
-def purged_error(job_id: str) -> str:
-    """The last error of a job in the DLQ whose dependency `job_id` was purged from it."""
-    return f"Dependency {job_id} was purged from the DLQ"
+def purged_error(job_ids: list[str]) -> str:
+    """The last error of a job in the DLQ whose dependencies `job_ids` were purged from it."""
+    if len(job_ids) == 1:
+        return f"Dependency {job_ids[0]} was purged from the DLQ"
+    return f"Dependencies {', '.join(job_ids)} were purged from the DLQ"
+
+
+_PURGED = re.compile(r"Dependenc(?:y|ies) ([\w.,\- ]+) (?:was|were) purged from the DLQ")
+
+
+def purged_dependencies(job: Job) -> list[str]:
+    """The dependencies that `purged_error` names in the job's last error (ids hold no comma)."""
+    found = _PURGED.fullmatch(job.last_error or "")
+    return [ref for ref in found[1].split(", ") if ref in job.after] if found else []
 
 
 def _float(text: str) -> float:
