@@ -347,8 +347,11 @@ def test_loopback_only_refuses_other_host_names(manager):
     assert client.get("/api/status").status_code == 200
     assert client.get("/api/status", headers={"Host": "127.0.0.1:8080"}).status_code == 200
     assert client.get("/api/status", headers={"Host": "[::1]:8080"}).status_code == 200
+    assert client.get("/api/status", headers={"Host": "127.0.0.2:8080"}).status_code == 200  # started on it
     rebound = client.get("/api/status", headers={"Host": "evil.example:8080"})
     assert rebound.status_code == 400 and "Host" in rebound.get_json()["error"]
+    for other in ("10.0.0.1:8080", "127.0.0.1.evil.example", "[::2]:8080"):
+        assert client.get("/api/status", headers={"Host": other}).status_code == 400, other
 
 
 def test_is_loopback():

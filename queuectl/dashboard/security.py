@@ -12,6 +12,7 @@ Rules (README, "Web dashboard"):
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -64,7 +65,7 @@ class Guard:
         return self.token is None or bool(session.get("auth"))
 
     def before(self) -> Any:
-        if self.loopback_only and _hostname(request.host) not in LOOPBACK_NAMES:
+        if self.loopback_only and not _loopback_host(_hostname(request.host)):
             abort(400, description=f"unexpected Host header '{request.host}': "
                                    "this dashboard answers on a loopback address only")
         if request.method == "GET" and "token" in request.args:
@@ -131,6 +132,18 @@ def _bearer() -> str | None:
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _loopback_host(name: str) -> bool:
+    """A Host header a loopback dashboard answers: a loopback name, or a loopback address written
+    out (127.0.0.2 when it was started on that). A name that merely resolves to one is refused:
+    that is what DNS rebinding sends."""
+    if name.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _hostname(host: str) -> str:
