@@ -7,8 +7,9 @@ import click
 
 
 def _ascii(value: Any, fail: Any) -> None:
-    # int() also reads other scripts' digits ('٣' as 3), which the settings and job specs refuse
-    if isinstance(value, str) and not value.isascii():
+    # int() also reads other scripts' digits ('٣' as 3) and underscores ('1_000'), which the
+    # settings refuse
+    if isinstance(value, str) and (not value.isascii() or "_" in value):
         fail(f"{value!r} is not a valid integer.")
 
 

@@ -608,6 +608,7 @@ BAD_INPUT = [
     usage("enqueue", "echo hi", "--priority", "\u0663"),
     usage("list", "--limit", "\u0663"),
     usage("start", "--timeout", "\u0663"),
+    usage("enqueue", "echo hi", "--priority", "1_000"),  # as config set refuses it
     # runtime errors: the input is well formed but the store says no
     runtime("dlq", "retry", "nope"),
     runtime("dlq", "retry", "alpha"),
