@@ -67,15 +67,20 @@ def test_output_is_capped_keeping_the_tail(proc):
     assert all(p.stat().st_size <= 10000 + 100 for p in out_files)
 
 
-def test_logs_follow_streams_a_running_job(proc):
-    job = proc.enqueue("for i in 1 2 3; do echo line-$i; sleep 0.4; done")
+def follow_while_running(proc, job: str) -> str:
+    """What `logs --follow` prints of the job, run by a `start` from before it starts."""
     run = proc.popen("start", "--count", "1")
     try:
         assert wait_for(lambda: proc.counts()["processing"] == 1, timeout=20)
-        out = proc("logs", job, "--follow", timeout=30).stdout
+        return proc("logs", job, "--follow", timeout=30).stdout
     finally:
         proc("stop")
         run.wait(timeout=20)
+
+
+def test_logs_follow_streams_a_running_job(proc):
+    job = proc.enqueue("for i in 1 2 3; do echo line-$i; sleep 0.4; done")
+    out = follow_while_running(proc, job)
     assert out == "line-1\nline-2\nline-3\n"
 
 
@@ -84,13 +89,7 @@ def test_logs_follow_prints_nothing_twice_while_the_output_is_cut(proc):
     unseen is noted, and every line comes in order, ending with the last."""
     proc("config", "set", "log_max_bytes", "1000")
     job = proc.enqueue("i=0; while [ $i -lt 400 ]; do echo line$i; i=$((i+1)); sleep 0.004; done; printf end")
-    run = proc.popen("start", "--count", "1")
-    try:
-        assert wait_for(lambda: proc.counts()["processing"] == 1, timeout=20)
-        out = proc("logs", job, "--follow", timeout=30).stdout
-    finally:
-        proc("stop")
-        run.wait(timeout=20)
+    out = follow_while_running(proc, job)
     lines = out.splitlines()
     assert lines[-1] == "end" and out.endswith("end\n")
     numbers = [int(line[4:]) for line in lines if line.startswith("line")]
